@@ -1,0 +1,138 @@
+//! Storage for commcredits: the [`Store`] trait, its rows, the SQLite adapter and the
+//! conformance suite that every adapter must pass.
+//!
+//! The engine changes state only through [`Store::write`]: one transaction in which it
+//! applies a batch of commands, each inside its own savepoint, and commits once (group
+//! commit). Reads go through [`Store::read`].
+
+pub mod conformance;
+pub mod rows;
+pub mod sqlite;
+
+use commcredits_core::{Error, ErrorCode, Result, Timestamp};
+pub use rows::*;
+
+/// A database that holds every organization's state.
+pub trait Store: Send + Sync {
+    /// Runs `f` inside one write transaction and commits when it returns Ok (rolls back
+    /// on Err). The commit is durable when this returns.
+    fn write(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+
+    /// Runs `f` on a consistent snapshot. Writes inside `f` are refused.
+    fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+
+    /// A short description for logs ("sqlite:///path").
+    fn describe(&self) -> String;
+}
+
+/// What a transaction can do. Every method is scoped to one organization, except the
+/// rate decks (platform data) and the `due_*` scans of background jobs.
+pub trait Tx {
+    // -- batch support --
+    /// Starts a nested unit of work; `rollback_savepoint` undoes only it.
+    fn savepoint(&mut self) -> Result<()>;
+    fn release_savepoint(&mut self) -> Result<()>;
+    fn rollback_savepoint(&mut self) -> Result<()>;
+    /// Takes the organization's write lock for the rest of the transaction
+    /// (a no-op where the whole transaction is already exclusive).
+    fn lock_org(&mut self, org_id: &str) -> Result<()>;
+
+    // -- organizations --
+    fn insert_org(&mut self, org: &OrgRow) -> Result<()>;
+    fn get_org(&mut self, org_id: &str) -> Result<Option<OrgRow>>;
+    fn find_org_by_name(&mut self, name: &str) -> Result<Vec<OrgRow>>;
+    fn update_org(&mut self, org: &OrgRow) -> Result<()>;
+    fn list_orgs(&mut self) -> Result<Vec<OrgRow>>;
+
+    // -- users and licenses --
+    fn insert_user(&mut self, user: &UserRow) -> Result<()>;
+    fn update_user(&mut self, user: &UserRow) -> Result<()>;
+    fn get_user(&mut self, org_id: &str, user_id: &str) -> Result<Option<UserRow>>;
+    fn get_user_by_upn(&mut self, org_id: &str, upn: &str) -> Result<Option<UserRow>>;
+    fn list_users(&mut self, org_id: &str) -> Result<Vec<UserRow>>;
+    fn set_subscription(&mut self, org_id: &str, sku: &str, quantity: i64) -> Result<()>;
+    fn list_subscriptions(&mut self, org_id: &str) -> Result<Vec<(String, i64)>>;
+    fn user_licenses(&mut self, org_id: &str, user_id: &str) -> Result<Vec<String>>;
+    fn set_user_licenses(&mut self, org_id: &str, user_id: &str, skus: &[String]) -> Result<()>;
+    /// Seats in use per SKU (direct assignments).
+    fn seats_used(&mut self, org_id: &str, sku: &str) -> Result<i64>;
+    /// Users of `country` (all users when None) holding any of `skus` directly.
+    fn count_licensed_users(&mut self, org_id: &str, country: Option<&str>, skus: &[String]) -> Result<i64>;
+
+    // -- numbers and payment methods --
+    fn insert_number(&mut self, n: &NumberRow) -> Result<()>;
+    fn get_number(&mut self, org_id: &str, number: &str) -> Result<Option<NumberRow>>;
+    fn list_numbers(&mut self, org_id: &str) -> Result<Vec<NumberRow>>;
+    fn insert_payment_method(&mut self, pm: &PaymentMethodRow) -> Result<()>;
+    fn get_payment_method(&mut self, org_id: &str, pm_id: &str) -> Result<Option<PaymentMethodRow>>;
+    fn list_payment_methods(&mut self, org_id: &str) -> Result<Vec<PaymentMethodRow>>;
+
+    // -- money --
+    fn insert_account(&mut self, a: &AccountRow) -> Result<()>;
+    fn get_account(&mut self, org_id: &str) -> Result<Option<AccountRow>>;
+    fn update_account(&mut self, a: &AccountRow) -> Result<()>;
+    fn insert_lot(&mut self, lot: &LotRow) -> Result<()>;
+    fn update_lot(&mut self, lot: &LotRow) -> Result<()>;
+    /// Lots still holding money (remaining > 0), any order.
+    fn open_lots(&mut self, org_id: &str) -> Result<Vec<LotRow>>;
+    fn list_lots(&mut self, org_id: &str) -> Result<Vec<LotRow>>;
+    /// Appends to the ledger; returns the entry's sequence number.
+    fn append_ledger(&mut self, e: &LedgerRow) -> Result<i64>;
+    /// Entries with seq > `after_seq`, oldest first, at most `limit`.
+    fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>>;
+    /// Sum of amounts per ledger kind.
+    fn ledger_totals(&mut self, org_id: &str) -> Result<Vec<(String, i64)>>;
+    fn insert_order(&mut self, o: &OrderRow) -> Result<()>;
+    fn update_order(&mut self, o: &OrderRow) -> Result<()>;
+    fn get_order(&mut self, org_id: &str, order_id: &str) -> Result<Option<OrderRow>>;
+    fn list_orders(&mut self, org_id: &str) -> Result<Vec<OrderRow>>;
+
+    // -- pools and per-user spend --
+    fn get_pool_usage(&mut self, org_id: &str, month: i32, scope: &str, kind: &str) -> Result<Option<PoolUsageRow>>;
+    fn put_pool_usage(&mut self, p: &PoolUsageRow) -> Result<()>;
+    fn list_pool_usage(&mut self, org_id: &str, month: i32) -> Result<Vec<PoolUsageRow>>;
+    fn get_user_spend(&mut self, org_id: &str, user_id: &str, month: i32) -> Result<Option<UserSpendRow>>;
+    fn put_user_spend(&mut self, s: &UserSpendRow) -> Result<()>;
+
+    // -- calls --
+    fn insert_reservation(&mut self, r: &ReservationRow) -> Result<()>;
+    fn update_reservation(&mut self, r: &ReservationRow) -> Result<()>;
+    fn get_reservation(&mut self, org_id: &str, call_id: &str) -> Result<Option<ReservationRow>>;
+    fn count_pending_reservations(&mut self, org_id: &str) -> Result<i64>;
+    fn insert_cdr(&mut self, c: &CdrRow) -> Result<()>;
+    fn get_cdr(&mut self, org_id: &str, call_id: &str) -> Result<Option<CdrRow>>;
+    /// CDRs that started in [from, to), oldest first.
+    fn list_cdrs(&mut self, org_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<CdrRow>>;
+    fn insert_denial(&mut self, d: &DenialRow) -> Result<()>;
+    fn list_denials(&mut self, org_id: &str) -> Result<Vec<DenialRow>>;
+
+    // -- notices --
+    fn insert_notice(&mut self, n: &NoticeRow) -> Result<()>;
+    fn list_notices(&mut self, org_id: &str) -> Result<Vec<NoticeRow>>;
+
+    // -- background scans (bounded by `limit`) --
+    fn due_lots(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
+    fn lots_expiring_before(&mut self, before: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
+    fn due_reservations(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
+    fn pending_orders(&mut self, limit: usize) -> Result<Vec<(String, String)>>;
+
+    // -- platform data --
+    fn put_rate_deck(&mut self, d: &RateDeckRow) -> Result<()>;
+    fn list_rate_decks(&mut self) -> Result<Vec<RateDeckRow>>;
+}
+
+/// Wraps a database error with the store's stable code; details stay in the message.
+pub fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::StoreError, format!("{context}: {e}"))
+}
+
+/// Opens a store from a URL: `sqlite://PATH`, `sqlite::memory:` or a plain file path.
+pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(Error::new(
+            ErrorCode::InvalidInput,
+            "PostgreSQL is not supported by this build yet; use sqlite://PATH",
+        ));
+    }
+    Ok(Box::new(sqlite::SqliteStore::open(url)?))
+}
