@@ -34,6 +34,7 @@ pub enum ErrorCode {
     CallAlreadyEnded,
     InvalidRateDeck,
     InvalidCdr,
+    CallDenied,
     Unauthorized,
     Forbidden,
     IdempotencyKeyReused,
@@ -70,6 +71,7 @@ impl ErrorCode {
         ErrorCode::CallAlreadyEnded,
         ErrorCode::InvalidRateDeck,
         ErrorCode::InvalidCdr,
+        ErrorCode::CallDenied,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::IdempotencyKeyReused,
@@ -107,6 +109,7 @@ impl ErrorCode {
             ErrorCode::CallAlreadyEnded => "call_already_ended",
             ErrorCode::InvalidRateDeck => "invalid_rate_deck",
             ErrorCode::InvalidCdr => "invalid_cdr",
+            ErrorCode::CallDenied => "call_denied",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
@@ -147,7 +150,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -169,7 +175,10 @@ mod tests {
         let mut seen = HashSet::new();
         for c in ErrorCode::ALL {
             assert!(seen.insert(c.as_str()), "duplicate code {}", c);
-            assert!(c.as_str().chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            assert!(c
+                .as_str()
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch == '_'));
         }
     }
 }

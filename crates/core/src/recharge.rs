@@ -14,7 +14,13 @@ pub struct AutoRecharge {
 
 impl AutoRecharge {
     pub fn disabled() -> AutoRecharge {
-        AutoRecharge { enabled: false, amount_minor: 0, threshold_minor: 0, payment_method_id: None, armed: true }
+        AutoRecharge {
+            enabled: false,
+            amount_minor: 0,
+            threshold_minor: 0,
+            payment_method_id: None,
+            armed: true,
+        }
     }
 
     /// Observes the available balance after a change; true means: place one order now.
@@ -37,7 +43,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn ar() -> AutoRecharge {
-        AutoRecharge { enabled: true, amount_minor: 5000, threshold_minor: 1000, payment_method_id: Some("pm".into()), armed: true }
+        AutoRecharge {
+            enabled: true,
+            amount_minor: 5000,
+            threshold_minor: 1000,
+            payment_method_id: Some("pm".into()),
+            armed: true,
+        }
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub(crate) fn ts(us: i64) -> Timestamp {
 }
 
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(e("busy_timeout"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(e("busy_timeout"))?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA cache_size=-65536;",
     )
@@ -47,14 +48,24 @@ impl SqliteStore {
         let (path, tmp) = if url == "sqlite::memory:" {
             // A real file in a private temp directory, so readers and the writer share it.
             let dir = tempfile::tempdir().map_err(|err| store_error("tempdir", err))?;
-            (dir.path().join("commcredits.db").to_string_lossy().into_owned(), Some(dir))
+            (
+                dir.path()
+                    .join("commcredits.db")
+                    .to_string_lossy()
+                    .into_owned(),
+                Some(dir),
+            )
         } else {
-            (url.strip_prefix("sqlite://").unwrap_or(url).to_string(), None)
+            (
+                url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
+                None,
+            )
         };
         if path.is_empty() {
             return Err(Error::new(ErrorCode::InvalidInput, "empty database path"));
         }
-        let writer = Connection::open(&path).map_err(|err| store_error(&format!("cannot open {path}"), err))?;
+        let writer = Connection::open(&path)
+            .map_err(|err| store_error(&format!("cannot open {path}"), err))?;
         configure(&writer)?;
         migrate(&writer)?;
         Ok(SqliteStore {
@@ -83,14 +94,20 @@ fn poisoned() -> Error {
 fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
         .map_err(e("migrations table"))?;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(e("begin migration"))?;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(e("begin migration"))?;
     let result = (|| {
         let current: i64 = conn
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
             .map_err(e("read schema version"))?;
         for (version, sql) in MIGRATIONS {
             if *version > current {
-                conn.execute_batch(sql).map_err(|err| store_error(&format!("migration {version}"), err))?;
+                conn.execute_batch(sql)
+                    .map_err(|err| store_error(&format!("migration {version}"), err))?;
                 conn.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                     params![version, micros(Timestamp::now())],
@@ -113,7 +130,10 @@ impl Store for SqliteStore {
     fn write(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
         let conn = self.writer.lock().map_err(|_| poisoned())?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(e("begin"))?;
-        let mut tx = SqliteTx { conn: &conn, depth: 0 };
+        let mut tx = SqliteTx {
+            conn: &conn,
+            depth: 0,
+        };
         match f(&mut tx) {
             Ok(()) => conn.execute_batch("COMMIT").map_err(|err| {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -128,8 +148,12 @@ impl Store for SqliteStore {
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
         let conn = self.reader()?;
-        conn.execute_batch("PRAGMA query_only=ON; BEGIN").map_err(e("begin read"))?;
-        let result = f(&mut SqliteTx { conn: &conn, depth: 0 });
+        conn.execute_batch("PRAGMA query_only=ON; BEGIN")
+            .map_err(e("begin read"))?;
+        let result = f(&mut SqliteTx {
+            conn: &conn,
+            depth: 0,
+        });
         let _ = conn.execute_batch("COMMIT; PRAGMA query_only=OFF");
         if let Ok(mut pool) = self.readers.lock() {
             if pool.len() < 8 {
@@ -143,7 +167,10 @@ impl Store for SqliteStore {
         if self._tmp.is_some() {
             "sqlite::memory:".into()
         } else {
-            format!("sqlite://{}", self.url.strip_prefix("sqlite://").unwrap_or(&self.url))
+            format!(
+                "sqlite://{}",
+                self.url.strip_prefix("sqlite://").unwrap_or(&self.url)
+            )
         }
     }
 }
@@ -155,17 +182,39 @@ struct SqliteTx<'c> {
 
 impl SqliteTx<'_> {
     fn exec(&self, context: &str, sql: &str, p: impl rusqlite::Params) -> Result<usize> {
-        self.conn.prepare_cached(sql).map_err(e(context))?.execute(p).map_err(e(context))
+        self.conn
+            .prepare_cached(sql)
+            .map_err(e(context))?
+            .execute(p)
+            .map_err(e(context))
     }
 
-    fn one<T>(&self, context: &str, sql: &str, p: impl rusqlite::Params, map: impl FnOnce(&Row) -> rusqlite::Result<T>) -> Result<Option<T>> {
-        self.conn.prepare_cached(sql).map_err(e(context))?.query_row(p, map).optional().map_err(e(context))
+    fn one<T>(
+        &self,
+        context: &str,
+        sql: &str,
+        p: impl rusqlite::Params,
+        map: impl FnOnce(&Row) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        self.conn
+            .prepare_cached(sql)
+            .map_err(e(context))?
+            .query_row(p, map)
+            .optional()
+            .map_err(e(context))
     }
 
-    fn many<T>(&self, context: &str, sql: &str, p: impl rusqlite::Params, map: impl FnMut(&Row) -> rusqlite::Result<T>) -> Result<Vec<T>> {
+    fn many<T>(
+        &self,
+        context: &str,
+        sql: &str,
+        p: impl rusqlite::Params,
+        map: impl FnMut(&Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
         let mut st = self.conn.prepare_cached(sql).map_err(e(context))?;
         let rows = st.query_map(p, map).map_err(e(context))?;
-        rows.collect::<rusqlite::Result<Vec<T>>>().map_err(e(context))
+        rows.collect::<rusqlite::Result<Vec<T>>>()
+            .map_err(e(context))
     }
 }
 
@@ -177,7 +226,11 @@ fn org_row(r: &Row) -> rusqlite::Result<OrgRow> {
         name: r.get(1)?,
         currency: r.get(2)?,
         country: r.get(3)?,
-        notification_emails: emails.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+        notification_emails: emails
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
         low_balance_minor: r.get(5)?,
         suspended: r.get(6)?,
         created_at: ts(r.get(7)?),
@@ -285,7 +338,8 @@ fn order_row(r: &Row) -> rusqlite::Result<OrderRow> {
     })
 }
 
-const POOL_COLS: &str = "org_id, scope, kind, month, used_minutes, reserved_minutes, notified_80, notified_100";
+const POOL_COLS: &str =
+    "org_id, scope, kind, month, used_minutes, reserved_minutes, notified_80, notified_100";
 fn pool_row(r: &Row) -> rusqlite::Result<PoolUsageRow> {
     Ok(PoolUsageRow {
         org_id: r.get(0)?,
@@ -362,17 +416,24 @@ fn cdr_row(r: &Row) -> rusqlite::Result<CdrRow> {
 }
 
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Tx for SqliteTx<'_> {
     fn savepoint(&mut self) -> Result<()> {
         self.depth += 1;
-        self.conn.execute_batch(&format!("SAVEPOINT sp{}", self.depth)).map_err(e("savepoint"))
+        self.conn
+            .execute_batch(&format!("SAVEPOINT sp{}", self.depth))
+            .map_err(e("savepoint"))
     }
 
     fn release_savepoint(&mut self) -> Result<()> {
-        self.conn.execute_batch(&format!("RELEASE sp{}", self.depth)).map_err(e("release savepoint"))?;
+        self.conn
+            .execute_batch(&format!("RELEASE sp{}", self.depth))
+            .map_err(e("release savepoint"))?;
         self.depth -= 1;
         Ok(())
     }
@@ -394,17 +455,36 @@ impl Tx for SqliteTx<'_> {
         self.exec(
             "insert org",
             &format!("INSERT INTO orgs ({ORG_COLS}) VALUES ({})", placeholders(8)),
-            params![o.org_id, o.name, o.currency, o.country, o.notification_emails.join("\n"), o.low_balance_minor, o.suspended, micros(o.created_at)],
+            params![
+                o.org_id,
+                o.name,
+                o.currency,
+                o.country,
+                o.notification_emails.join("\n"),
+                o.low_balance_minor,
+                o.suspended,
+                micros(o.created_at)
+            ],
         )
         .map(drop)
     }
 
     fn get_org(&mut self, org_id: &str) -> Result<Option<OrgRow>> {
-        self.one("get org", &format!("SELECT {ORG_COLS} FROM orgs WHERE org_id = ?1"), [org_id], org_row)
+        self.one(
+            "get org",
+            &format!("SELECT {ORG_COLS} FROM orgs WHERE org_id = ?1"),
+            [org_id],
+            org_row,
+        )
     }
 
     fn find_org_by_name(&mut self, name: &str) -> Result<Vec<OrgRow>> {
-        self.many("find org", &format!("SELECT {ORG_COLS} FROM orgs WHERE name = ?1"), [name], org_row)
+        self.many(
+            "find org",
+            &format!("SELECT {ORG_COLS} FROM orgs WHERE name = ?1"),
+            [name],
+            org_row,
+        )
     }
 
     fn update_org(&mut self, o: &OrgRow) -> Result<()> {
@@ -417,14 +497,33 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_orgs(&mut self) -> Result<Vec<OrgRow>> {
-        self.many("list orgs", &format!("SELECT {ORG_COLS} FROM orgs ORDER BY created_at, org_id"), [], org_row)
+        self.many(
+            "list orgs",
+            &format!("SELECT {ORG_COLS} FROM orgs ORDER BY created_at, org_id"),
+            [],
+            org_row,
+        )
     }
 
     fn insert_user(&mut self, u: &UserRow) -> Result<()> {
         self.exec(
             "insert user",
-            &format!("INSERT INTO users ({USER_COLS}) VALUES ({})", placeholders(10)),
-            params![u.org_id, u.user_id, u.upn, u.display_name, u.usage_location, u.phone_number, u.dial_out, u.conference_dial_out, u.spend_limit_minor, micros(u.created_at)],
+            &format!(
+                "INSERT INTO users ({USER_COLS}) VALUES ({})",
+                placeholders(10)
+            ),
+            params![
+                u.org_id,
+                u.user_id,
+                u.upn,
+                u.display_name,
+                u.usage_location,
+                u.phone_number,
+                u.dial_out,
+                u.conference_dial_out,
+                u.spend_limit_minor,
+                micros(u.created_at)
+            ],
         )
         .map(drop)
     }
@@ -439,15 +538,30 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_user(&mut self, org_id: &str, user_id: &str) -> Result<Option<UserRow>> {
-        self.one("get user", &format!("SELECT {USER_COLS} FROM users WHERE org_id = ?1 AND user_id = ?2"), [org_id, user_id], user_row)
+        self.one(
+            "get user",
+            &format!("SELECT {USER_COLS} FROM users WHERE org_id = ?1 AND user_id = ?2"),
+            [org_id, user_id],
+            user_row,
+        )
     }
 
     fn get_user_by_upn(&mut self, org_id: &str, upn: &str) -> Result<Option<UserRow>> {
-        self.one("get user by upn", &format!("SELECT {USER_COLS} FROM users WHERE org_id = ?1 AND upn = ?2"), [org_id, upn], user_row)
+        self.one(
+            "get user by upn",
+            &format!("SELECT {USER_COLS} FROM users WHERE org_id = ?1 AND upn = ?2"),
+            [org_id, upn],
+            user_row,
+        )
     }
 
     fn list_users(&mut self, org_id: &str) -> Result<Vec<UserRow>> {
-        self.many("list users", &format!("SELECT {USER_COLS} FROM users WHERE org_id = ?1 ORDER BY upn"), [org_id], user_row)
+        self.many(
+            "list users",
+            &format!("SELECT {USER_COLS} FROM users WHERE org_id = ?1 ORDER BY upn"),
+            [org_id],
+            user_row,
+        )
     }
 
     fn set_subscription(&mut self, org_id: &str, sku: &str, quantity: i64) -> Result<()> {
@@ -460,37 +574,76 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_subscriptions(&mut self, org_id: &str) -> Result<Vec<(String, i64)>> {
-        self.many("list subscriptions", "SELECT sku, quantity FROM subscriptions WHERE org_id = ?1 ORDER BY sku", [org_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        self.many(
+            "list subscriptions",
+            "SELECT sku, quantity FROM subscriptions WHERE org_id = ?1 ORDER BY sku",
+            [org_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     fn user_licenses(&mut self, org_id: &str, user_id: &str) -> Result<Vec<String>> {
-        self.many("user licenses", "SELECT sku FROM licenses WHERE org_id = ?1 AND user_id = ?2 ORDER BY sku", [org_id, user_id], |r| r.get(0))
+        self.many(
+            "user licenses",
+            "SELECT sku FROM licenses WHERE org_id = ?1 AND user_id = ?2 ORDER BY sku",
+            [org_id, user_id],
+            |r| r.get(0),
+        )
     }
 
     fn set_user_licenses(&mut self, org_id: &str, user_id: &str, skus: &[String]) -> Result<()> {
-        self.exec("clear licenses", "DELETE FROM licenses WHERE org_id = ?1 AND user_id = ?2", [org_id, user_id])?;
+        self.exec(
+            "clear licenses",
+            "DELETE FROM licenses WHERE org_id = ?1 AND user_id = ?2",
+            [org_id, user_id],
+        )?;
         for sku in skus {
-            self.exec("add license", "INSERT INTO licenses (org_id, user_id, sku) VALUES (?1, ?2, ?3)", [org_id, user_id, sku])?;
+            self.exec(
+                "add license",
+                "INSERT INTO licenses (org_id, user_id, sku) VALUES (?1, ?2, ?3)",
+                [org_id, user_id, sku],
+            )?;
         }
         Ok(())
     }
 
     fn seats_used(&mut self, org_id: &str, sku: &str) -> Result<i64> {
         Ok(self
-            .one("seats used", "SELECT COUNT(*) FROM licenses WHERE org_id = ?1 AND sku = ?2", [org_id, sku], |r| r.get(0))?
+            .one(
+                "seats used",
+                "SELECT COUNT(*) FROM licenses WHERE org_id = ?1 AND sku = ?2",
+                [org_id, sku],
+                |r| r.get(0),
+            )?
             .unwrap_or(0))
     }
 
-    fn count_licensed_users(&mut self, org_id: &str, country: Option<&str>, skus: &[String]) -> Result<i64> {
+    fn count_licensed_users(
+        &mut self,
+        org_id: &str,
+        country: Option<&str>,
+        skus: &[String],
+    ) -> Result<i64> {
         if skus.is_empty() {
             return Ok(0);
         }
-        let list = skus.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect::<Vec<_>>().join(",");
+        let list = skus
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(",");
         let sql = format!(
             "SELECT COUNT(DISTINCT l.user_id) FROM licenses l JOIN users u ON u.org_id = l.org_id AND u.user_id = l.user_id \
              WHERE l.org_id = ?1 AND l.sku IN ({list}) AND (?2 IS NULL OR u.usage_location = ?2)"
         );
-        Ok(self.one("count licensed users", &sql, params![org_id, country], |r| r.get(0))?.unwrap_or(0))
+        Ok(self
+            .one(
+                "count licensed users",
+                &sql,
+                params![org_id, country],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0))
     }
 
     fn insert_number(&mut self, n: &NumberRow) -> Result<()> {
@@ -523,14 +676,38 @@ impl Tx for SqliteTx<'_> {
     fn insert_payment_method(&mut self, p: &PaymentMethodRow) -> Result<()> {
         self.exec(
             "insert payment method",
-            &format!("INSERT INTO payment_methods ({PM_COLS}) VALUES ({})", placeholders(11)),
-            params![p.org_id, p.pm_id, p.kind, p.brand, p.last4, p.exp_month, p.exp_year, p.holder, p.token, p.agreement_number, micros(p.created_at)],
+            &format!(
+                "INSERT INTO payment_methods ({PM_COLS}) VALUES ({})",
+                placeholders(11)
+            ),
+            params![
+                p.org_id,
+                p.pm_id,
+                p.kind,
+                p.brand,
+                p.last4,
+                p.exp_month,
+                p.exp_year,
+                p.holder,
+                p.token,
+                p.agreement_number,
+                micros(p.created_at)
+            ],
         )
         .map(drop)
     }
 
-    fn get_payment_method(&mut self, org_id: &str, pm_id: &str) -> Result<Option<PaymentMethodRow>> {
-        self.one("get payment method", &format!("SELECT {PM_COLS} FROM payment_methods WHERE org_id = ?1 AND pm_id = ?2"), [org_id, pm_id], pm_row)
+    fn get_payment_method(
+        &mut self,
+        org_id: &str,
+        pm_id: &str,
+    ) -> Result<Option<PaymentMethodRow>> {
+        self.one(
+            "get payment method",
+            &format!("SELECT {PM_COLS} FROM payment_methods WHERE org_id = ?1 AND pm_id = ?2"),
+            [org_id, pm_id],
+            pm_row,
+        )
     }
 
     fn list_payment_methods(&mut self, org_id: &str) -> Result<Vec<PaymentMethodRow>> {
@@ -540,14 +717,34 @@ impl Tx for SqliteTx<'_> {
     fn insert_account(&mut self, a: &AccountRow) -> Result<()> {
         self.exec(
             "insert account",
-            &format!("INSERT INTO accounts ({ACCOUNT_COLS}) VALUES ({})", placeholders(11)),
-            params![a.org_id, a.currency, a.balance_minor, a.reserved_minor, a.ar_enabled, a.ar_amount_minor, a.ar_threshold_minor, a.ar_payment_method_id, a.ar_armed, a.exhausted_notified, a.low_balance_notified],
+            &format!(
+                "INSERT INTO accounts ({ACCOUNT_COLS}) VALUES ({})",
+                placeholders(11)
+            ),
+            params![
+                a.org_id,
+                a.currency,
+                a.balance_minor,
+                a.reserved_minor,
+                a.ar_enabled,
+                a.ar_amount_minor,
+                a.ar_threshold_minor,
+                a.ar_payment_method_id,
+                a.ar_armed,
+                a.exhausted_notified,
+                a.low_balance_notified
+            ],
         )
         .map(drop)
     }
 
     fn get_account(&mut self, org_id: &str) -> Result<Option<AccountRow>> {
-        self.one("get account", &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE org_id = ?1"), [org_id], account_row)
+        self.one(
+            "get account",
+            &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE org_id = ?1"),
+            [org_id],
+            account_row,
+        )
     }
 
     fn update_account(&mut self, a: &AccountRow) -> Result<()> {
@@ -562,8 +759,22 @@ impl Tx for SqliteTx<'_> {
     fn insert_lot(&mut self, l: &LotRow) -> Result<()> {
         self.exec(
             "insert lot",
-            &format!("INSERT INTO lots ({LOT_COLS}) VALUES ({})", placeholders(10)),
-            params![l.org_id, l.lot_id, l.order_id, l.amount_minor, l.remaining_minor, l.reserved_minor, micros(l.purchased_at), micros(l.expires_at), l.expired, l.expiring_notified],
+            &format!(
+                "INSERT INTO lots ({LOT_COLS}) VALUES ({})",
+                placeholders(10)
+            ),
+            params![
+                l.org_id,
+                l.lot_id,
+                l.order_id,
+                l.amount_minor,
+                l.remaining_minor,
+                l.reserved_minor,
+                micros(l.purchased_at),
+                micros(l.expires_at),
+                l.expired,
+                l.expiring_notified
+            ],
         )
         .map(drop)
     }
@@ -578,11 +789,21 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn open_lots(&mut self, org_id: &str) -> Result<Vec<LotRow>> {
-        self.many("open lots", &format!("SELECT {LOT_COLS} FROM lots WHERE org_id = ?1 AND remaining_minor > 0"), [org_id], lot_row)
+        self.many(
+            "open lots",
+            &format!("SELECT {LOT_COLS} FROM lots WHERE org_id = ?1 AND remaining_minor > 0"),
+            [org_id],
+            lot_row,
+        )
     }
 
     fn list_lots(&mut self, org_id: &str) -> Result<Vec<LotRow>> {
-        self.many("list lots", &format!("SELECT {LOT_COLS} FROM lots WHERE org_id = ?1 ORDER BY purchased_at, lot_id"), [org_id], lot_row)
+        self.many(
+            "list lots",
+            &format!("SELECT {LOT_COLS} FROM lots WHERE org_id = ?1 ORDER BY purchased_at, lot_id"),
+            [org_id],
+            lot_row,
+        )
     }
 
     fn append_ledger(&mut self, l: &LedgerRow) -> Result<i64> {
@@ -594,7 +815,12 @@ impl Tx for SqliteTx<'_> {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>> {
+    fn list_ledger(
+        &mut self,
+        org_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRow>> {
         self.many(
             "list ledger",
             &format!("SELECT {LEDGER_COLS} FROM ledger WHERE org_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
@@ -610,8 +836,24 @@ impl Tx for SqliteTx<'_> {
     fn insert_order(&mut self, o: &OrderRow) -> Result<()> {
         self.exec(
             "insert order",
-            &format!("INSERT INTO orders ({ORDER_COLS}) VALUES ({})", placeholders(12)),
-            params![o.org_id, o.order_id, o.kind, o.amount_minor, o.currency, o.payment_method_id, o.po_number, o.status, o.failure_reason, o.lot_id, micros(o.created_at), o.completed_at.map(micros)],
+            &format!(
+                "INSERT INTO orders ({ORDER_COLS}) VALUES ({})",
+                placeholders(12)
+            ),
+            params![
+                o.org_id,
+                o.order_id,
+                o.kind,
+                o.amount_minor,
+                o.currency,
+                o.payment_method_id,
+                o.po_number,
+                o.status,
+                o.failure_reason,
+                o.lot_id,
+                micros(o.created_at),
+                o.completed_at.map(micros)
+            ],
         )
         .map(drop)
     }
@@ -626,14 +868,32 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_order(&mut self, org_id: &str, order_id: &str) -> Result<Option<OrderRow>> {
-        self.one("get order", &format!("SELECT {ORDER_COLS} FROM orders WHERE org_id = ?1 AND order_id = ?2"), [org_id, order_id], order_row)
+        self.one(
+            "get order",
+            &format!("SELECT {ORDER_COLS} FROM orders WHERE org_id = ?1 AND order_id = ?2"),
+            [org_id, order_id],
+            order_row,
+        )
     }
 
     fn list_orders(&mut self, org_id: &str) -> Result<Vec<OrderRow>> {
-        self.many("list orders", &format!("SELECT {ORDER_COLS} FROM orders WHERE org_id = ?1 ORDER BY created_at, order_id"), [org_id], order_row)
+        self.many(
+            "list orders",
+            &format!(
+                "SELECT {ORDER_COLS} FROM orders WHERE org_id = ?1 ORDER BY created_at, order_id"
+            ),
+            [org_id],
+            order_row,
+        )
     }
 
-    fn get_pool_usage(&mut self, org_id: &str, month: i32, scope: &str, kind: &str) -> Result<Option<PoolUsageRow>> {
+    fn get_pool_usage(
+        &mut self,
+        org_id: &str,
+        month: i32,
+        scope: &str,
+        kind: &str,
+    ) -> Result<Option<PoolUsageRow>> {
         self.one(
             "get pool",
             &format!("SELECT {POOL_COLS} FROM pool_usage WHERE org_id = ?1 AND month = ?2 AND scope = ?3 AND kind = ?4"),
@@ -660,7 +920,12 @@ impl Tx for SqliteTx<'_> {
         self.many("list pools", &format!("SELECT {POOL_COLS} FROM pool_usage WHERE org_id = ?1 AND month = ?2 ORDER BY scope, kind"), params![org_id, month], pool_row)
     }
 
-    fn get_user_spend(&mut self, org_id: &str, user_id: &str, month: i32) -> Result<Option<UserSpendRow>> {
+    fn get_user_spend(
+        &mut self,
+        org_id: &str,
+        user_id: &str,
+        month: i32,
+    ) -> Result<Option<UserSpendRow>> {
         self.one(
             "get user spend",
             "SELECT org_id, user_id, month, spent_minor, reserved_minor FROM user_spend WHERE org_id = ?1 AND user_id = ?2 AND month = ?3",
@@ -682,13 +947,38 @@ impl Tx for SqliteTx<'_> {
     fn insert_reservation(&mut self, r: &ReservationRow) -> Result<()> {
         self.exec(
             "insert reservation",
-            &format!("INSERT INTO reservations ({RES_COLS}) VALUES ({})", placeholders(27)),
+            &format!(
+                "INSERT INTO reservations ({RES_COLS}) VALUES ({})",
+                placeholders(27)
+            ),
             params![
-                r.org_id, r.call_id, r.call_type, r.user_id, r.from_number, r.to_number, r.state,
-                micros(r.created_at), micros(r.updated_at), micros(r.expires_at), r.granted_seconds, r.used_seconds,
-                r.plan_scope, r.plan_kind, r.plan_month, r.plan_minutes, r.money_minor, r.earmarks, r.spend_month,
-                r.rate_prefix, r.rate_name, r.rate_per_minute, r.connection_fee_minor, r.increment_seconds,
-                r.domestic, r.dest_country, r.emergency
+                r.org_id,
+                r.call_id,
+                r.call_type,
+                r.user_id,
+                r.from_number,
+                r.to_number,
+                r.state,
+                micros(r.created_at),
+                micros(r.updated_at),
+                micros(r.expires_at),
+                r.granted_seconds,
+                r.used_seconds,
+                r.plan_scope,
+                r.plan_kind,
+                r.plan_month,
+                r.plan_minutes,
+                r.money_minor,
+                r.earmarks,
+                r.spend_month,
+                r.rate_prefix,
+                r.rate_name,
+                r.rate_per_minute,
+                r.connection_fee_minor,
+                r.increment_seconds,
+                r.domestic,
+                r.dest_country,
+                r.emergency
             ],
         )
         .map(drop)
@@ -705,31 +995,77 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_reservation(&mut self, org_id: &str, call_id: &str) -> Result<Option<ReservationRow>> {
-        self.one("get reservation", &format!("SELECT {RES_COLS} FROM reservations WHERE org_id = ?1 AND call_id = ?2"), [org_id, call_id], res_row)
+        self.one(
+            "get reservation",
+            &format!("SELECT {RES_COLS} FROM reservations WHERE org_id = ?1 AND call_id = ?2"),
+            [org_id, call_id],
+            res_row,
+        )
     }
 
     fn count_pending_reservations(&mut self, org_id: &str) -> Result<i64> {
         Ok(self
-            .one("count pending", "SELECT COUNT(*) FROM reservations WHERE org_id = ?1 AND state = 'pending'", [org_id], |r| r.get(0))?
+            .one(
+                "count pending",
+                "SELECT COUNT(*) FROM reservations WHERE org_id = ?1 AND state = 'pending'",
+                [org_id],
+                |r| r.get(0),
+            )?
             .unwrap_or(0))
+    }
+
+    fn pending_reservations(&mut self, org_id: &str) -> Result<Vec<ReservationRow>> {
+        self.many(
+            "pending reservations",
+            &format!("SELECT {RES_COLS} FROM reservations WHERE org_id = ?1 AND state = 'pending' ORDER BY created_at, call_id"),
+            [org_id],
+            res_row,
+        )
     }
 
     fn insert_cdr(&mut self, c: &CdrRow) -> Result<()> {
         self.exec(
             "insert cdr",
-            &format!("INSERT INTO cdrs ({CDR_COLS}) VALUES ({})", placeholders(23)),
+            &format!(
+                "INSERT INTO cdrs ({CDR_COLS}) VALUES ({})",
+                placeholders(23)
+            ),
             params![
-                c.org_id, c.call_id, c.usage_id, c.call_type, c.user_id, c.from_number, c.to_number, c.dest_country,
-                c.domestic, micros(c.start_at), micros(c.end_at), c.duration_seconds, c.charged_seconds, c.overrun_seconds,
-                c.plan_minutes, c.plan_kind, c.charge_minor, c.connection_fee_minor, c.currency, c.funding, c.rate_name,
-                c.rate_per_minute, c.source
+                c.org_id,
+                c.call_id,
+                c.usage_id,
+                c.call_type,
+                c.user_id,
+                c.from_number,
+                c.to_number,
+                c.dest_country,
+                c.domestic,
+                micros(c.start_at),
+                micros(c.end_at),
+                c.duration_seconds,
+                c.charged_seconds,
+                c.overrun_seconds,
+                c.plan_minutes,
+                c.plan_kind,
+                c.charge_minor,
+                c.connection_fee_minor,
+                c.currency,
+                c.funding,
+                c.rate_name,
+                c.rate_per_minute,
+                c.source
             ],
         )
         .map(drop)
     }
 
     fn get_cdr(&mut self, org_id: &str, call_id: &str) -> Result<Option<CdrRow>> {
-        self.one("get cdr", &format!("SELECT {CDR_COLS} FROM cdrs WHERE org_id = ?1 AND call_id = ?2"), [org_id, call_id], cdr_row)
+        self.one(
+            "get cdr",
+            &format!("SELECT {CDR_COLS} FROM cdrs WHERE org_id = ?1 AND call_id = ?2"),
+            [org_id, call_id],
+            cdr_row,
+        )
     }
 
     fn list_cdrs(&mut self, org_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<CdrRow>> {
@@ -809,7 +1145,11 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn lots_expiring_before(&mut self, before: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
+    fn lots_expiring_before(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
         self.many(
             "expiring lots",
             "SELECT org_id, lot_id FROM lots WHERE expired = 0 AND expiring_notified = 0 AND remaining_minor > 0 AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",

@@ -1,0 +1,245 @@
+//! Offline charging: CDR files from a switch, rated and charged like real-time calls.
+//! Each row is its own command: a bad row is reported with its line number and
+//! reason while the good rows are charged, and a call id already charged is skipped.
+
+use crate::calls::{charge_offline, AuthorizeRequest};
+use crate::{Command, Effects, Engine, Outcome};
+use commcredits_core::{err, Error, ErrorCode, Result, Timestamp};
+use commcredits_store::Tx;
+use serde::Serialize;
+use std::io::Read;
+
+pub const CDR_HEADER: [&str; 7] = [
+    "call_id",
+    "type",
+    "user",
+    "from",
+    "to",
+    "start_time",
+    "duration_seconds",
+];
+
+/// Rows per transaction: one durable commit per batch.
+pub const IMPORT_BATCH: usize = 1_000;
+
+#[derive(Clone, Debug)]
+pub struct CdrRecord {
+    pub org: String,
+    pub line: u64,
+    pub call_id: String,
+    pub call_type: String,
+    pub user: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub start_time: Timestamp,
+    pub duration_seconds: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RowProblem {
+    pub line: u64,
+    pub call_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    pub rows: usize,
+    pub charged: usize,
+    pub duplicates: usize,
+    /// Total charged to credits by this import, minor units.
+    pub charge: i64,
+    pub rejected: Vec<RowProblem>,
+}
+
+fn parse_record(org: &str, rec: &csv::StringRecord, line: u64) -> Result<CdrRecord> {
+    if rec.len() != CDR_HEADER.len() {
+        return Err(err!(
+            ErrorCode::InvalidCdr,
+            "expected {} fields, found {}",
+            CDR_HEADER.len(),
+            rec.len()
+        ));
+    }
+    let start_time: Timestamp = rec[5].parse().map_err(|_| {
+        err!(
+            ErrorCode::InvalidTime,
+            "start_time '{}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z",
+            &rec[5]
+        )
+    })?;
+    let duration_seconds: u32 = rec[6].parse().map_err(|_| {
+        err!(
+            ErrorCode::InvalidCdr,
+            "duration_seconds '{}' is not a whole number of seconds",
+            &rec[6]
+        )
+    })?;
+    if duration_seconds > crate::calls::MAX_REQUESTED_SECONDS {
+        return Err(err!(
+            ErrorCode::InvalidCdr,
+            "duration_seconds {duration_seconds} exceeds 24 hours"
+        ));
+    }
+    let user = Some(rec[2].trim().to_string()).filter(|u| !u.is_empty());
+    Ok(CdrRecord {
+        org: org.into(),
+        line,
+        call_id: rec[0].trim().into(),
+        call_type: rec[1].trim().into(),
+        user,
+        from: rec[3].trim().into(),
+        to: rec[4].trim().into(),
+        start_time,
+        duration_seconds,
+    })
+}
+
+pub(crate) fn import_one(
+    engine: &Engine,
+    tx: &mut dyn Tx,
+    rec: &CdrRecord,
+    now: Timestamp,
+    fx: &mut Effects,
+) -> Result<Outcome> {
+    crate::calls::validate_call_id(&rec.call_id)?;
+    if tx.get_cdr(&rec.org, &rec.call_id)?.is_some()
+        || tx.get_reservation(&rec.org, &rec.call_id)?.is_some()
+    {
+        return Ok(Outcome::Duplicate {
+            call_id: rec.call_id.clone(),
+        });
+    }
+    if rec.start_time > now {
+        return Err(err!(
+            ErrorCode::InvalidTime,
+            "start_time {} is in the future",
+            rec.start_time
+        ));
+    }
+    let req = AuthorizeRequest {
+        org: rec.org.clone(),
+        call_id: rec.call_id.clone(),
+        call_type: rec.call_type.clone(),
+        user: rec.user.clone(),
+        from: rec.from.clone(),
+        to: rec.to.clone(),
+        requested_seconds: Some(rec.duration_seconds.max(1)),
+    };
+    match charge_offline(
+        engine,
+        tx,
+        &req,
+        rec.start_time,
+        rec.duration_seconds,
+        now,
+        fx,
+    )? {
+        Ok(v) => Ok(Outcome::Ended(v)),
+        Err(reason) => Err(Error::new(
+            ErrorCode::CallDenied,
+            format!("the call would be refused: {reason}"),
+        )),
+    }
+}
+
+impl Engine {
+    /// Imports a CDR CSV (`call_id,type,user,from,to,start_time,duration_seconds`).
+    /// `progress` is called with the number of rows done after each batch.
+    pub fn import_cdrs(
+        &self,
+        org_id: &str,
+        input: impl Read,
+        now: Timestamp,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<ImportReport> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .flexible(true)
+            .from_reader(input);
+        let header = rdr
+            .headers()
+            .map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?
+            .clone();
+        let got: Vec<&str> = header.iter().collect();
+        if got != CDR_HEADER {
+            return Err(err!(
+                ErrorCode::InvalidCdr,
+                "line 1: the header must be '{}', found '{}'",
+                CDR_HEADER.join(","),
+                got.join(",")
+            ));
+        }
+        let mut report = ImportReport::default();
+        let mut batch: Vec<CdrRecord> = Vec::with_capacity(IMPORT_BATCH);
+        let mut record = csv::StringRecord::new();
+        let mut line = 1u64;
+        loop {
+            let more = match rdr.read_record(&mut record) {
+                Ok(more) => more,
+                Err(e) => {
+                    // A broken row (bad quoting, invalid UTF-8) is reported and skipped.
+                    line = e.position().map(|p| p.line()).unwrap_or(line + 1);
+                    report.rows += 1;
+                    report.rejected.push(RowProblem {
+                        line,
+                        call_id: String::new(),
+                        code: ErrorCode::InvalidCdr.as_str().into(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if more {
+                line = record.position().map(|p| p.line()).unwrap_or(line + 1);
+                report.rows += 1;
+                match parse_record(org_id, &record, line) {
+                    Ok(r) => batch.push(r),
+                    Err(e) => report.rejected.push(RowProblem {
+                        line,
+                        call_id: record.get(0).unwrap_or("").to_string(),
+                        code: e.code.as_str().into(),
+                        message: e.message,
+                    }),
+                }
+            }
+            if batch.len() >= IMPORT_BATCH || (!more && !batch.is_empty()) {
+                self.import_batch(std::mem::take(&mut batch), now, &mut report)?;
+                progress(report.rows);
+            }
+            if !more {
+                break;
+            }
+        }
+        report.rejected.sort_by_key(|p| p.line);
+        Ok(report)
+    }
+
+    fn import_batch(
+        &self,
+        batch: Vec<CdrRecord>,
+        now: Timestamp,
+        report: &mut ImportReport,
+    ) -> Result<()> {
+        let meta: Vec<(u64, String)> = batch.iter().map(|r| (r.line, r.call_id.clone())).collect();
+        let results = self.apply(now, batch.into_iter().map(Command::ImportCdr).collect())?;
+        for ((line, call_id), r) in meta.into_iter().zip(results) {
+            match r {
+                Ok(Outcome::Ended(v)) => {
+                    report.charged += 1;
+                    report.charge += v.charge;
+                }
+                Ok(Outcome::Duplicate { .. }) => report.duplicates += 1,
+                Ok(_) => {}
+                Err(e) => report.rejected.push(RowProblem {
+                    line,
+                    call_id,
+                    code: e.code.as_str().into(),
+                    message: e.message,
+                }),
+            }
+        }
+        Ok(())
+    }
+}

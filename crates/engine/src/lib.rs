@@ -1,0 +1,531 @@
+//! The use cases of commcredits. Every state change is a [`Command`] applied by
+//! [`Engine::apply`]: one store transaction for a whole batch, a savepoint per command
+//! (a failing command is undone alone), one durable commit. Batching, invariants and
+//! (later) idempotency live on this one path.
+
+pub mod admin;
+pub mod books;
+pub mod builtin;
+pub mod calls;
+pub mod cdr;
+pub mod demo;
+pub mod invariants;
+pub mod jobs;
+pub mod notices;
+pub mod payments;
+pub mod queries;
+pub mod views;
+
+use commcredits_core::catalog::{Catalog, DeckKind, RateDeck};
+use commcredits_core::money::Currency;
+use commcredits_core::{err, Error, ErrorCode, Result, Timestamp};
+use commcredits_store::{OrgRow, RateDeckRow, Store, Tx};
+use payments::{CardToken, PaymentGateway};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Settings with the product's defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Minimum manual purchase and recharge amount, in major units of the billing currency.
+    pub min_purchase_major: i64,
+    /// Added to the granted time to form a reservation's validity.
+    pub grace_seconds: i64,
+    pub default_requested_seconds: u32,
+    /// A `funds_expiring` notice is written this many days before a lot expires.
+    pub expiring_notice_days: i64,
+    /// Largest batch one `apply` accepts.
+    pub max_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            min_purchase_major: 50,
+            grace_seconds: 30,
+            default_requested_seconds: 300,
+            expiring_notice_days: 30,
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// Every state change the product knows.
+#[derive(Clone, Debug)]
+pub enum Command {
+    CreateOrg {
+        name: String,
+        currency: String,
+        country: String,
+        emails: Vec<String>,
+    },
+    UpdateOrg {
+        org: String,
+        emails: Option<Vec<String>>,
+        low_balance: Option<Option<String>>,
+        suspended: Option<bool>,
+    },
+    CreateUser {
+        org: String,
+        upn: String,
+        display_name: String,
+        usage_location: String,
+        phone_number: Option<String>,
+    },
+    UpdateUser(admin::UserChanges),
+    AddSubscription {
+        org: String,
+        sku: String,
+        quantity: i64,
+    },
+    SetLicenses {
+        org: String,
+        user: String,
+        skus: Vec<String>,
+    },
+    AssignLicense {
+        org: String,
+        sku: String,
+        users: Vec<String>,
+    },
+    RemoveLicense {
+        org: String,
+        sku: String,
+        users: Vec<String>,
+    },
+    AddNumber {
+        org: String,
+        number: String,
+        kind: String,
+        user: Option<String>,
+    },
+    AddCard {
+        org: String,
+        token: CardToken,
+        holder: Option<String>,
+    },
+    AddAgreement {
+        org: String,
+        agreement_number: String,
+    },
+    PlaceOrder {
+        org: String,
+        amount: String,
+        payment_method_id: String,
+        po_number: Option<String>,
+        purchased_at: Option<Timestamp>,
+    },
+    CompleteOrder {
+        org: String,
+        order_id: String,
+        result: std::result::Result<String, payments::PaymentFailure>,
+    },
+    SetAutoRecharge {
+        org: String,
+        enabled: bool,
+        amount: Option<String>,
+        threshold: Option<String>,
+        payment_method_id: Option<String>,
+    },
+    Authorize(calls::AuthorizeRequest),
+    Update {
+        org: String,
+        call_id: String,
+        used_seconds: u32,
+        requested_seconds: u32,
+    },
+    End {
+        org: String,
+        call_id: String,
+        duration_seconds: u32,
+    },
+    ImportCdr(cdr::CdrRecord),
+    ImportRates {
+        kind: DeckKind,
+        currency: String,
+        csv: String,
+    },
+    ExpireLot {
+        org: String,
+        lot_id: String,
+    },
+    TimeoutReservation {
+        org: String,
+        call_id: String,
+    },
+    NotifyExpiring {
+        org: String,
+        lot_id: String,
+    },
+    OpenPools {
+        org: String,
+    },
+}
+
+/// What a command produced.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Created {
+        id: String,
+    },
+    Done,
+    Order(views::OrderView),
+    Authorized(views::AuthorizeView),
+    Updated(views::UpdateView),
+    Ended(views::EndView),
+    /// A CDR import row whose call id was already charged: nothing changed.
+    Duplicate {
+        call_id: String,
+    },
+    Count(usize),
+}
+
+/// What commands leave for after the commit: recharge orders to send to the gateway.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub orders: Vec<(String, String)>,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    decks: RwLock<HashMap<(DeckKind, Currency), Arc<RateDeck>>>,
+    gateway: Arc<dyn PaymentGateway>,
+    pub config: Config,
+}
+
+impl Engine {
+    /// An engine on `store` with the shipped catalog, decks imported into the store
+    /// replacing shipped ones, and the sandbox gateway.
+    pub fn new(store: Arc<dyn Store>) -> Result<Engine> {
+        Engine::with_gateway(store, Arc::new(payments::SandboxGateway))
+    }
+
+    pub fn with_gateway(store: Arc<dyn Store>, gateway: Arc<dyn PaymentGateway>) -> Result<Engine> {
+        let mut decks = HashMap::new();
+        for d in builtin::decks()? {
+            decks.insert((d.kind, d.currency), Arc::new(d));
+        }
+        let engine = Engine {
+            store,
+            catalog: Arc::new(builtin::catalog()?),
+            decks: RwLock::new(decks),
+            gateway,
+            config: Config::default(),
+        };
+        engine.reload_decks()?;
+        Ok(engine)
+    }
+
+    pub fn open(url: &str) -> Result<Engine> {
+        Engine::new(Arc::from(commcredits_store::open(url)?))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn gateway(&self) -> &dyn PaymentGateway {
+        &*self.gateway
+    }
+
+    /// Loads the decks imported with `rates import` over the shipped ones.
+    fn reload_decks(&self) -> Result<()> {
+        let rows = self.read(|tx| tx.list_rate_decks())?;
+        let mut decks = self
+            .decks
+            .write()
+            .map_err(|_| err!(ErrorCode::Internal, "deck cache poisoned"))?;
+        for row in rows {
+            let kind = DeckKind::parse(&row.kind)?;
+            let cur = Currency::parse(&row.currency)?;
+            decks.insert(
+                (kind, cur),
+                Arc::new(RateDeck::parse_csv(kind, cur, &row.csv)?),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn deck(&self, kind: DeckKind, currency: Currency) -> Result<Arc<RateDeck>> {
+        self.decks
+            .read()
+            .map_err(|_| err!(ErrorCode::Internal, "deck cache poisoned"))?
+            .get(&(kind, currency))
+            .cloned()
+            .ok_or_else(|| {
+                err!(
+                    ErrorCode::InvalidRateDeck,
+                    "no {} rate deck for {currency}; import one with `rates import`",
+                    kind.as_str()
+                )
+            })
+    }
+
+    /// Runs a read on a consistent snapshot.
+    pub fn read<T>(&self, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        self.store.read(&mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| err!(ErrorCode::Internal, "read produced nothing"))
+    }
+
+    /// Applies a batch of commands in one transaction with one durable commit. Each
+    /// command runs in its own savepoint: its error undoes it alone and is returned in
+    /// its slot. Recharge orders the batch placed are then sent to the gateway.
+    pub fn apply(&self, now: Timestamp, commands: Vec<Command>) -> Result<Vec<Result<Outcome>>> {
+        if commands.len() > self.config.max_batch {
+            return Err(err!(
+                ErrorCode::InvalidInput,
+                "a batch holds at most {} commands",
+                self.config.max_batch
+            ));
+        }
+        let mut results = Vec::with_capacity(commands.len());
+        let mut effects = Effects::default();
+        let mut deck_changed = false;
+        self.store.write(&mut |tx| {
+            results.clear();
+            effects = Effects::default();
+            for cmd in &commands {
+                tx.savepoint()?;
+                let mut local = Effects::default();
+                match self.execute(tx, cmd, now, &mut local) {
+                    Ok(o) => {
+                        tx.release_savepoint()?;
+                        effects.orders.extend(local.orders);
+                        deck_changed |= matches!(cmd, Command::ImportRates { .. });
+                        results.push(Ok(o));
+                    }
+                    Err(e) if e.code == ErrorCode::StoreError => return Err(e),
+                    Err(e) => {
+                        tx.rollback_savepoint()?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if deck_changed {
+            self.reload_decks()?;
+        }
+        for (org, order) in std::mem::take(&mut effects.orders) {
+            self.charge_order(&org, &order, now)?;
+        }
+        Ok(results)
+    }
+
+    /// Applies one command.
+    pub fn apply_one(&self, now: Timestamp, command: Command) -> Result<Outcome> {
+        self.apply(now, vec![command])?
+            .pop()
+            .unwrap_or_else(|| Err(err!(ErrorCode::Internal, "no result")))
+    }
+
+    fn execute(
+        &self,
+        tx: &mut dyn Tx,
+        cmd: &Command,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<Outcome> {
+        match cmd {
+            Command::CreateOrg {
+                name,
+                currency,
+                country,
+                emails,
+            } => admin::create_org(self, tx, name, currency, country, emails, now),
+            Command::UpdateOrg {
+                org,
+                emails,
+                low_balance,
+                suspended,
+            } => admin::update_org(
+                self,
+                tx,
+                org,
+                emails.as_deref(),
+                low_balance.as_ref(),
+                *suspended,
+            ),
+            Command::CreateUser {
+                org,
+                upn,
+                display_name,
+                usage_location,
+                phone_number,
+            } => admin::create_user(
+                self,
+                tx,
+                org,
+                upn,
+                display_name,
+                usage_location,
+                phone_number.as_deref(),
+                now,
+            ),
+            Command::UpdateUser(c) => admin::update_user(self, tx, c),
+            Command::AddSubscription { org, sku, quantity } => {
+                admin::add_subscription(self, tx, org, sku, *quantity)
+            }
+            Command::SetLicenses { org, user, skus } => {
+                admin::set_licenses(self, tx, org, user, skus)
+            }
+            Command::AssignLicense { org, sku, users } => {
+                admin::change_license(self, tx, org, sku, users, true)
+            }
+            Command::RemoveLicense { org, sku, users } => {
+                admin::change_license(self, tx, org, sku, users, false)
+            }
+            Command::AddNumber {
+                org,
+                number,
+                kind,
+                user,
+            } => admin::add_number(self, tx, org, number, kind, user.as_deref(), now),
+            Command::AddCard { org, token, holder } => {
+                admin::add_card(tx, org, token, holder.as_deref(), now)
+            }
+            Command::AddAgreement {
+                org,
+                agreement_number,
+            } => admin::add_agreement(tx, org, agreement_number, now),
+            Command::PlaceOrder {
+                org,
+                amount,
+                payment_method_id,
+                po_number,
+                purchased_at,
+            } => books::place_order(
+                self,
+                tx,
+                org,
+                amount,
+                payment_method_id,
+                po_number.as_deref(),
+                *purchased_at,
+                now,
+                fx,
+            ),
+            Command::CompleteOrder {
+                org,
+                order_id,
+                result,
+            } => books::complete_order(self, tx, org, order_id, result, now, fx),
+            Command::SetAutoRecharge {
+                org,
+                enabled,
+                amount,
+                threshold,
+                payment_method_id,
+            } => books::set_auto_recharge(
+                self,
+                tx,
+                org,
+                *enabled,
+                amount.as_deref(),
+                threshold.as_deref(),
+                payment_method_id.as_deref(),
+                now,
+                fx,
+            ),
+            Command::Authorize(req) => {
+                calls::authorize(self, tx, req, now, fx).map(Outcome::Authorized)
+            }
+            Command::Update {
+                org,
+                call_id,
+                used_seconds,
+                requested_seconds,
+            } => calls::update(
+                self,
+                tx,
+                org,
+                call_id,
+                *used_seconds,
+                *requested_seconds,
+                now,
+                fx,
+            )
+            .map(Outcome::Updated),
+            Command::End {
+                org,
+                call_id,
+                duration_seconds,
+            } => calls::end(self, tx, org, call_id, *duration_seconds, false, now, fx)
+                .map(Outcome::Ended),
+            Command::TimeoutReservation { org, call_id } => {
+                calls::timeout(self, tx, org, call_id, now, fx)
+            }
+            Command::ImportCdr(rec) => cdr::import_one(self, tx, rec, now, fx),
+            Command::ImportRates {
+                kind,
+                currency,
+                csv,
+            } => import_rates(tx, *kind, currency, csv, now),
+            Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
+            Command::NotifyExpiring { org, lot_id } => {
+                books::notify_expiring(self, tx, org, lot_id, now)
+            }
+            Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
+        }
+    }
+
+    /// Resolves `--org`: an id, or an organization's exact name when it is unique.
+    pub fn resolve_org(&self, text: &str) -> Result<OrgRow> {
+        self.read(|tx| {
+            if let Some(o) = tx.get_org(text)? {
+                return Ok(o);
+            }
+            let mut by_name = tx.find_org_by_name(text)?;
+            match by_name.len() {
+                1 => Ok(by_name.remove(0)),
+                0 => Err(err!(ErrorCode::OrgNotFound, "no organization '{text}'")),
+                n => Err(err!(
+                    ErrorCode::InvalidInput,
+                    "{n} organizations are named '{text}': use the id"
+                )),
+            }
+        })
+    }
+}
+
+fn import_rates(
+    tx: &mut dyn Tx,
+    kind: DeckKind,
+    currency: &str,
+    csv: &str,
+    now: Timestamp,
+) -> Result<Outcome> {
+    let cur = Currency::parse(currency)?;
+    let deck = RateDeck::parse_csv(kind, cur, csv)?;
+    tx.put_rate_deck(&RateDeckRow {
+        kind: kind.as_str().into(),
+        currency: cur.code().into(),
+        csv: csv.to_string(),
+        entries: deck.len() as i64,
+        imported_at: now,
+    })?;
+    Ok(Outcome::Count(deck.len()))
+}
+
+/// Loads an organization or fails with `unknown_org`.
+pub(crate) fn org(tx: &mut dyn Tx, org_id: &str) -> Result<OrgRow> {
+    tx.get_org(org_id)?
+        .ok_or_else(|| err!(ErrorCode::OrgNotFound, "no organization '{org_id}'"))
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) fn internal(msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Internal, msg)
+}

@@ -1,0 +1,409 @@
+//! The JSON objects of the outside contract (SPEC §3). The CLI's `--json` prints these,
+//! and the HTTP API answers with the same shapes. Amounts are integers in minor units
+//! with a `currency` beside them; rates are decimal strings; times are RFC 3339 UTC.
+
+use commcredits_core::catalog::PoolKind;
+use commcredits_core::pools::percent_used;
+use commcredits_store::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OrgView {
+    pub id: String,
+    pub name: String,
+    pub currency: String,
+    pub country: String,
+    pub notification_emails: Vec<String>,
+    pub low_balance_level: Option<i64>,
+    pub suspended: bool,
+    pub created_at: String,
+}
+
+impl From<&OrgRow> for OrgView {
+    fn from(o: &OrgRow) -> Self {
+        OrgView {
+            id: o.org_id.clone(),
+            name: o.name.clone(),
+            currency: o.currency.clone(),
+            country: o.country.clone(),
+            notification_emails: o.notification_emails.clone(),
+            low_balance_level: o.low_balance_minor,
+            suspended: o.suspended,
+            created_at: o.created_at.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct UserView {
+    pub id: String,
+    pub upn: String,
+    pub display_name: String,
+    pub usage_location: String,
+    pub phone_number: Option<String>,
+    pub licenses: Vec<String>,
+    pub dial_out_policy: String,
+    pub conference_dial_out_policy: String,
+    pub spend_limit: Option<i64>,
+    pub created_at: String,
+}
+
+impl UserView {
+    pub fn new(u: &UserRow, licenses: Vec<String>) -> Self {
+        UserView {
+            id: u.user_id.clone(),
+            upn: u.upn.clone(),
+            display_name: u.display_name.clone(),
+            usage_location: u.usage_location.clone(),
+            phone_number: u.phone_number.clone(),
+            licenses,
+            dial_out_policy: u.dial_out.clone(),
+            conference_dial_out_policy: u.conference_dial_out.clone(),
+            spend_limit: u.spend_limit_minor,
+            created_at: u.created_at.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SubscriptionView {
+    pub sku: String,
+    pub quantity: i64,
+    pub assigned: i64,
+    pub available: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NumberView {
+    pub number: String,
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&NumberRow> for NumberView {
+    fn from(n: &NumberRow) -> Self {
+        NumberView {
+            number: n.number.clone(),
+            kind: n.kind.clone(),
+            user_id: n.user_id.clone(),
+            created_at: n.created_at.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CardView {
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i64,
+    pub exp_year: i64,
+    pub holder: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PaymentMethodView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement_number: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&PaymentMethodRow> for PaymentMethodView {
+    fn from(p: &PaymentMethodRow) -> Self {
+        PaymentMethodView {
+            id: p.pm_id.clone(),
+            kind: p.kind.clone(),
+            card: (p.kind == "card").then(|| CardView {
+                brand: p.brand.clone().unwrap_or_default(),
+                last4: p.last4.clone().unwrap_or_default(),
+                exp_month: p.exp_month.unwrap_or(0),
+                exp_year: p.exp_year.unwrap_or(0),
+                holder: p.holder.clone(),
+            }),
+            agreement_number: p.agreement_number.clone(),
+            created_at: p.created_at.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LotView {
+    pub id: String,
+    pub amount: i64,
+    pub remaining: i64,
+    pub reserved: i64,
+    pub purchased_at: String,
+    pub expires_at: String,
+    pub expired: bool,
+}
+
+impl From<&LotRow> for LotView {
+    fn from(l: &LotRow) -> Self {
+        LotView {
+            id: l.lot_id.clone(),
+            amount: l.amount_minor,
+            remaining: l.remaining_minor,
+            reserved: l.reserved_minor,
+            purchased_at: l.purchased_at.to_string(),
+            expires_at: l.expires_at.to_string(),
+            expired: l.expired,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AutoRechargeView {
+    pub enabled: bool,
+    pub amount: i64,
+    pub threshold: i64,
+    pub payment_method_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CreditsView {
+    pub balance: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub currency: String,
+    pub lots: Vec<LotView>,
+    pub auto_recharge: AutoRechargeView,
+}
+
+impl CreditsView {
+    pub fn new(a: &AccountRow, lots: &[LotRow]) -> Self {
+        CreditsView {
+            balance: a.balance_minor,
+            reserved: a.reserved_minor,
+            available: a.balance_minor - a.reserved_minor,
+            currency: a.currency.clone(),
+            lots: lots.iter().map(LotView::from).collect(),
+            auto_recharge: AutoRechargeView {
+                enabled: a.ar_enabled,
+                amount: a.ar_amount_minor,
+                threshold: a.ar_threshold_minor,
+                payment_method_id: a.ar_payment_method_id.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LedgerEntryView {
+    pub seq: i64,
+    pub id: String,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub balance_after: i64,
+    pub lot_id: Option<String>,
+    pub call_id: Option<String>,
+    pub order_id: Option<String>,
+    pub at: String,
+    pub memo: String,
+}
+
+impl LedgerEntryView {
+    pub fn new(e: &LedgerRow, currency: &str) -> Self {
+        LedgerEntryView {
+            seq: e.seq,
+            id: e.entry_id.clone(),
+            kind: e.kind.clone(),
+            amount: e.amount_minor,
+            currency: currency.to_string(),
+            balance_after: e.balance_after_minor,
+            lot_id: e.lot_id.clone(),
+            call_id: e.call_id.clone(),
+            order_id: e.order_id.clone(),
+            at: e.at.to_string(),
+            memo: e.memo.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntryView>,
+    /// Pass as `after` to read the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OrderView {
+    pub id: String,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_method_id: String,
+    pub po_number: Option<String>,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub lot_id: Option<String>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+}
+
+impl From<&OrderRow> for OrderView {
+    fn from(o: &OrderRow) -> Self {
+        OrderView {
+            id: o.order_id.clone(),
+            kind: o.kind.clone(),
+            amount: o.amount_minor,
+            currency: o.currency.clone(),
+            payment_method_id: o.payment_method_id.clone(),
+            po_number: o.po_number.clone(),
+            status: o.status.clone(),
+            failure_reason: o.failure_reason.clone(),
+            lot_id: o.lot_id.clone(),
+            created_at: o.created_at.to_string(),
+            completed_at: o.completed_at.map(|t| t.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PoolView {
+    /// ISO country, or `*` for the organization-wide conferencing pool.
+    pub country: String,
+    pub kind: String,
+    pub month: String,
+    pub size: i64,
+    pub used: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub percent_used: i64,
+}
+
+impl PoolView {
+    pub fn new(
+        scope: &str,
+        kind: PoolKind,
+        month: String,
+        size: i64,
+        used: i64,
+        reserved: i64,
+    ) -> Self {
+        PoolView {
+            country: scope.to_string(),
+            kind: kind.as_str().to_string(),
+            month,
+            size,
+            used,
+            reserved,
+            available: commcredits_core::pools::remaining_minutes(size, used, reserved),
+            percent_used: percent_used(size, used),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NoticeView {
+    pub id: String,
+    pub kind: String,
+    pub created_at: String,
+    pub subject: String,
+    pub body: String,
+    pub data: serde_json::Value,
+    pub status: String,
+}
+
+impl From<&NoticeRow> for NoticeView {
+    fn from(n: &NoticeRow) -> Self {
+        NoticeView {
+            id: n.notice_id.clone(),
+            kind: n.kind.clone(),
+            created_at: n.created_at.to_string(),
+            subject: n.subject.clone(),
+            body: n.body.clone(),
+            data: serde_json::from_str(&n.data).unwrap_or(serde_json::Value::Null),
+            status: n.status.clone(),
+        }
+    }
+}
+
+/// The answer to `authorize` (and to `rate`, which changes nothing).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuthorizeView {
+    pub call_id: String,
+    pub decision: String,
+    pub granted_seconds: u32,
+    pub funding: String,
+    pub rate_per_minute: Option<String>,
+    pub connection_fee: i64,
+    pub increment_seconds: u32,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub plan_minutes: i64,
+    pub reserved_amount: i64,
+    pub destination: String,
+    pub destination_name: Option<String>,
+    pub pool: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct UpdateView {
+    pub call_id: String,
+    /// Further seconds granted beyond `used_seconds`.
+    pub granted_seconds: u32,
+    pub used_seconds: u32,
+    pub total_granted_seconds: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EndView {
+    pub call_id: String,
+    pub charge: i64,
+    pub currency: String,
+    pub funding: String,
+    pub plan_minutes: i64,
+    pub duration_seconds: i64,
+    pub charged_seconds: i64,
+    pub overrun_seconds: i64,
+    pub state: String,
+}
+
+impl From<&CdrRow> for EndView {
+    fn from(c: &CdrRow) -> Self {
+        EndView {
+            call_id: c.call_id.clone(),
+            charge: c.charge_minor,
+            currency: c.currency.clone(),
+            funding: c.funding.clone(),
+            plan_minutes: c.plan_minutes,
+            duration_seconds: c.duration_seconds,
+            charged_seconds: c.charged_seconds,
+            overrun_seconds: c.overrun_seconds,
+            state: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DenialView {
+    pub at: String,
+    pub call_id: String,
+    pub call_type: String,
+    pub user_id: Option<String>,
+    pub to: String,
+    pub reason: String,
+}
+
+impl From<&DenialRow> for DenialView {
+    fn from(d: &DenialRow) -> Self {
+        DenialView {
+            at: d.at.to_string(),
+            call_id: d.call_id.clone(),
+            call_type: d.call_type.clone(),
+            user_id: d.user_id.clone(),
+            to: d.to_number.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
