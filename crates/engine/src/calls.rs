@@ -149,27 +149,28 @@ pub(crate) fn prepare(
     }
     let currency = Currency::parse(&org.currency)?;
     let user_text = req.user.as_deref().map(str::trim).filter(|u| !u.is_empty());
-    let user =
-        match (call_type, user_text) {
-            (CallType::TollFreeInbound, Some(_)) => return Err(err!(
+    let user = match (call_type, user_text) {
+        (CallType::TollFreeInbound, Some(_)) => {
+            return Err(err!(
                 ErrorCode::InvalidInput,
                 "toll_free_inbound calls have no user_id: the caller is outside the organization"
-            )),
-            (CallType::TollFreeInbound, None) => None,
-            (_, None) => {
-                return Err(err!(
-                    ErrorCode::InvalidInput,
-                    "{call_type} calls need the user_id of the caller or meeting organizer"
-                ))
+            ))
+        }
+        (CallType::TollFreeInbound, None) => None,
+        (_, None) => {
+            return Err(err!(
+                ErrorCode::InvalidInput,
+                "{call_type} calls need the user_id of the caller or meeting organizer"
+            ))
+        }
+        (_, Some(text)) => match admin::find_user(tx, &org.org_id, text) {
+            Ok(u) => Some(u),
+            Err(e) if e.code == ErrorCode::UserNotFound => {
+                return Ok(Err((DenyReason::UnknownUser, None)))
             }
-            (_, Some(text)) => match admin::find_user(tx, &org.org_id, text) {
-                Ok(u) => Some(u),
-                Err(e) if e.code == ErrorCode::UserNotFound => {
-                    return Ok(Err((DenyReason::UnknownUser, None)))
-                }
-                Err(e) => return Err(e),
-            },
-        };
+            Err(e) => return Err(e),
+        },
+    };
     let from = E164::parse(&req.from).map_err(|e| err!(e.code, "from: {}", e.message))?;
     let org_country = Country::parse(&org.country)?;
     let caller_country = match &user {

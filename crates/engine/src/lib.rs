@@ -280,6 +280,12 @@ impl Engine {
     /// command runs in its own savepoint: its error undoes it alone and is returned in
     /// its slot. Recharge orders the batch placed are then sent to the gateway.
     pub fn apply(&self, now: Timestamp, commands: Vec<Command>) -> Result<Vec<Result<Outcome>>> {
+        self.apply_timed(commands.into_iter().map(|c| (now, c)).collect())
+    }
+
+    /// Like [`Engine::apply`], each command at its own time (a replay or simulation
+    /// batching events that happened over a span of time).
+    pub fn apply_timed(&self, commands: Vec<(Timestamp, Command)>) -> Result<Vec<Result<Outcome>>> {
         if commands.len() > self.config.max_batch {
             return Err(err!(
                 ErrorCode::InvalidInput,
@@ -287,16 +293,19 @@ impl Engine {
                 self.config.max_batch
             ));
         }
+        let Some(last) = commands.iter().map(|(t, _)| *t).max() else {
+            return Ok(Vec::new());
+        };
         let mut results = Vec::with_capacity(commands.len());
         let mut effects = Effects::default();
         let mut deck_changed = false;
         self.store.write(&mut |tx| {
             results.clear();
             effects = Effects::default();
-            for cmd in &commands {
+            for (now, cmd) in &commands {
                 tx.savepoint()?;
                 let mut local = Effects::default();
-                match self.execute(tx, cmd, now, &mut local) {
+                match self.execute(tx, cmd, *now, &mut local) {
                     Ok(o) => {
                         tx.release_savepoint()?;
                         effects.orders.extend(local.orders);
@@ -316,7 +325,7 @@ impl Engine {
             self.reload_decks()?;
         }
         for (org, order) in std::mem::take(&mut effects.orders) {
-            self.charge_order(&org, &order, now)?;
+            self.charge_order(&org, &order, last)?;
         }
         Ok(results)
     }

@@ -1,0 +1,917 @@
+//! `commcredits`: the command line. Admin verbs work directly on the database given by
+//! `--db`; output is human-readable, or the API's JSON objects with `--json`. Errors
+//! print their stable code and exit with status 1 (2 for a command-line mistake).
+
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use commcredits_core::catalog::DeckKind;
+use commcredits_core::{err, Error, ErrorCode, Result, Timestamp};
+use commcredits_engine::admin::UserChanges;
+use commcredits_engine::calls::AuthorizeRequest;
+use commcredits_engine::payments::{parse_expiry, CardInput};
+use commcredits_engine::{Command, Engine, Outcome};
+use output::Out;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "commcredits",
+    version,
+    about = "Real-time prepaid charging of Communications Credits for business telephony"
+)]
+struct Cli {
+    /// Database URL: sqlite://PATH (default sqlite://commcredits.db).
+    #[arg(
+        long,
+        global = true,
+        env = "COMMCREDITS_DB",
+        default_value = "sqlite://commcredits.db"
+    )]
+    db: String,
+    /// Print the API's JSON objects instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Act as if the time were this RFC 3339 instant (for replaying and testing).
+    #[arg(long, global = true, env = "COMMCREDITS_NOW", hide = true)]
+    now: Option<String>,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Organizations.
+    #[command(subcommand)]
+    Org(OrgVerb),
+    /// Users of an organization.
+    #[command(subcommand)]
+    User(UserVerb),
+    /// License subscriptions (seats).
+    #[command(subcommand)]
+    Subscription(SubscriptionVerb),
+    /// License assignment.
+    #[command(subcommand)]
+    License(LicenseVerb),
+    /// Phone numbers.
+    #[command(subcommand)]
+    Number(NumberVerb),
+    /// Cards and Enterprise Agreements.
+    #[command(subcommand, name = "payment-method")]
+    PaymentMethod(PaymentMethodVerb),
+    /// Buy Communications Credits.
+    #[command(subcommand)]
+    Funds(FundsVerb),
+    /// Automatic recharge settings.
+    #[command(subcommand, name = "auto-recharge")]
+    AutoRecharge(AutoRechargeVerb),
+    /// The credits account.
+    #[command(subcommand)]
+    Credits(CreditsVerb),
+    /// The ledger of every change of money.
+    Ledger {
+        #[arg(long)]
+        org: String,
+        /// Continue after this cursor (printed at the end of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Purchases and recharges, with status and failure reason.
+    Orders {
+        #[arg(long)]
+        org: String,
+    },
+    /// Minute pools of the current month.
+    Pools {
+        #[arg(long)]
+        org: String,
+    },
+    /// Notices written for the organization's admins.
+    Notifications {
+        #[arg(long)]
+        org: String,
+    },
+    /// Calls that were refused, with the reason.
+    Blocked {
+        #[arg(long)]
+        org: String,
+    },
+    /// What a call would cost and who would pay; changes nothing.
+    Rate {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long = "type", default_value = "outbound")]
+        call_type: String,
+        #[arg(long)]
+        seconds: Option<u32>,
+    },
+    /// Real-time call control: authorize, update, end.
+    #[command(subcommand)]
+    Call(CallVerb),
+    /// Offline charging of CDR files.
+    #[command(subcommand)]
+    Cdr(CdrVerb),
+    /// Rate decks.
+    #[command(subcommand)]
+    Rates(RatesVerb),
+    /// Background jobs.
+    #[command(subcommand)]
+    Jobs(JobsVerb),
+    /// Seed a demo organization and run a month of traffic through the engine.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum OrgVerb {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        country: String,
+        /// Notification recipient (repeatable).
+        #[arg(long = "email")]
+        emails: Vec<String>,
+    },
+    Show {
+        #[arg(long)]
+        org: String,
+    },
+    List,
+    /// Change notification recipients, the low-balance warning level, suspension.
+    Set {
+        #[arg(long)]
+        org: String,
+        /// Replaces the recipients (repeatable).
+        #[arg(long = "email")]
+        emails: Vec<String>,
+        /// Warning level in major units, or `none`.
+        #[arg(long)]
+        low_balance: Option<String>,
+        #[arg(long)]
+        suspended: Option<bool>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserVerb {
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        upn: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        number: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    Show {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Change a user's name, location, dial-out policies or monthly spend limit.
+    Set {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        location: Option<String>,
+        /// international, domestic or disabled.
+        #[arg(long)]
+        dial_out: Option<String>,
+        /// international, domestic or disabled.
+        #[arg(long)]
+        conference_dial_out: Option<String>,
+        /// Monthly credits limit in major units, or `none`.
+        #[arg(long)]
+        spend_limit: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionVerb {
+    Add {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        quantity: i64,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Args)]
+struct LicenseArgs {
+    #[arg(long)]
+    org: String,
+    #[arg(long)]
+    sku: String,
+    /// User id or UPN (repeatable; all or nothing).
+    #[arg(long = "user", required = true)]
+    users: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum LicenseVerb {
+    Assign(LicenseArgs),
+    Remove(LicenseArgs),
+    /// Replace one user's licenses with exactly these SKUs.
+    Set {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long = "sku")]
+        skus: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NumberVerb {
+    Add {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        number: String,
+        /// user, service or toll_free.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PaymentMethodVerb {
+    Add {
+        #[arg(long)]
+        org: String,
+        #[arg(long, conflicts_with = "ea", requires = "exp")]
+        card: Option<String>,
+        /// Card expiry, MM/YYYY.
+        #[arg(long)]
+        exp: Option<String>,
+        #[arg(long)]
+        holder: Option<String>,
+        /// Enterprise Agreement number.
+        #[arg(long, required_unless_present = "card")]
+        ea: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FundsVerb {
+    Add {
+        #[arg(long)]
+        org: String,
+        /// Amount in major units of the billing currency (50.00).
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        payment_method: String,
+        /// Purchase order number (Enterprise Agreement orders).
+        #[arg(long)]
+        po: Option<String>,
+        /// Record a purchase made earlier (RFC 3339); expiry counts from it.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AutoRechargeVerb {
+    Set {
+        #[arg(long)]
+        org: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        enabled: bool,
+        #[arg(long)]
+        amount: Option<String>,
+        #[arg(long)]
+        threshold: Option<String>,
+        #[arg(long)]
+        payment_method: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsVerb {
+    Show {
+        #[arg(long)]
+        org: String,
+    },
+    /// Verify the accounting identity and the invariants of the books.
+    Check {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallVerb {
+    Authorize {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        call_id: String,
+        /// outbound, toll_free_inbound or conference_dial_out.
+        #[arg(long = "type")]
+        call_type: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        seconds: Option<u32>,
+    },
+    Update {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        call_id: String,
+        /// Seconds used since answer (cumulative).
+        #[arg(long)]
+        used: u32,
+        /// Further seconds wanted.
+        #[arg(long, default_value_t = 0)]
+        seconds: u32,
+    },
+    End {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        call_id: String,
+        #[arg(long)]
+        duration: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdrVerb {
+    /// Import a CSV with header call_id,type,user,from,to,start_time,duration_seconds.
+    Import {
+        #[arg(long)]
+        org: String,
+        file: std::path::PathBuf,
+        /// Write rejected rows (line, call id, code, reason) to this CSV file.
+        #[arg(long)]
+        rejects: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RatesVerb {
+    /// Replace a rate deck (prefix,name,connection_fee,rate_per_minute,increment_seconds,premium).
+    Import {
+        file: std::path::PathBuf,
+        /// outbound, dial_out or toll_free.
+        #[arg(long, default_value = "outbound")]
+        kind: String,
+        #[arg(long)]
+        currency: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsVerb {
+    /// Run every due job now: lot expiry, reservation timeouts, pool reset, expiring-funds notices, pending orders.
+    Run,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out { json: cli.json };
+    match run(cli, &out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_time(what: &str, text: &str) -> Result<Timestamp> {
+    text.parse().map_err(|_| {
+        err!(
+            ErrorCode::InvalidTime,
+            "{what} '{text}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z"
+        )
+    })
+}
+
+fn created(o: Outcome) -> Result<String> {
+    match o {
+        Outcome::Created { id } => Ok(id),
+        _ => Err(err!(ErrorCode::Internal, "unexpected outcome")),
+    }
+}
+
+fn none_or(text: Option<String>) -> Option<Option<String>> {
+    text.map(|t| {
+        if t.eq_ignore_ascii_case("none") {
+            None
+        } else {
+            Some(t)
+        }
+    })
+}
+
+fn run(cli: Cli, out: &Out) -> Result<()> {
+    let now = match &cli.now {
+        Some(t) => parse_time("--now", t)?,
+        None => Timestamp::now(),
+    };
+    if matches!(cli.command, Verb::Demo) {
+        let engine = Engine::open(&cli.db)?;
+        let report = commcredits_engine::demo::run(&engine, now)?;
+        out.demo(&report);
+        return Ok(());
+    }
+    let engine = Engine::open(&cli.db)?;
+    let e = &engine;
+    let org = |text: &str| -> Result<String> { Ok(e.resolve_org(text)?.org_id) };
+    match cli.command {
+        Verb::Demo => unreachable!("handled above"),
+        Verb::Org(v) => match v {
+            OrgVerb::Create {
+                name,
+                currency,
+                country,
+                emails,
+            } => {
+                let id = created(e.apply_one(
+                    now,
+                    Command::CreateOrg {
+                        name,
+                        currency,
+                        country,
+                        emails,
+                    },
+                )?)?;
+                out.org(&e.org_view(&id)?);
+            }
+            OrgVerb::Show { org: o } => out.org(&e.org_view(&org(&o)?)?),
+            OrgVerb::List => out.orgs(&e.orgs()?),
+            OrgVerb::Set {
+                org: o,
+                emails,
+                low_balance,
+                suspended,
+            } => {
+                let id = org(&o)?;
+                let emails = if emails.is_empty() {
+                    None
+                } else {
+                    Some(emails)
+                };
+                e.apply_one(
+                    now,
+                    Command::UpdateOrg {
+                        org: id.clone(),
+                        emails,
+                        low_balance: none_or(low_balance),
+                        suspended,
+                    },
+                )?;
+                out.org(&e.org_view(&id)?);
+            }
+        },
+        Verb::User(v) => match v {
+            UserVerb::Create {
+                org: o,
+                upn,
+                name,
+                location,
+                number,
+            } => {
+                let oid = org(&o)?;
+                let id = created(e.apply_one(
+                    now,
+                    Command::CreateUser {
+                        org: oid.clone(),
+                        upn,
+                        display_name: name,
+                        usage_location: location,
+                        phone_number: number,
+                    },
+                )?)?;
+                out.user(&e.user(&oid, &id)?);
+            }
+            UserVerb::List { org: o } => out.users(&e.users(&org(&o)?)?),
+            UserVerb::Show { org: o, user } => out.user(&e.user(&org(&o)?, &user)?),
+            UserVerb::Set {
+                org: o,
+                user,
+                name,
+                location,
+                dial_out,
+                conference_dial_out,
+                spend_limit,
+            } => {
+                let oid = org(&o)?;
+                e.apply_one(
+                    now,
+                    Command::UpdateUser(UserChanges {
+                        org: oid.clone(),
+                        user: user.clone(),
+                        display_name: name,
+                        usage_location: location,
+                        dial_out,
+                        conference_dial_out,
+                        spend_limit: none_or(spend_limit),
+                    }),
+                )?;
+                out.user(&e.user(&oid, &user)?);
+            }
+        },
+        Verb::Subscription(v) => match v {
+            SubscriptionVerb::Add {
+                org: o,
+                sku,
+                quantity,
+            } => {
+                let oid = org(&o)?;
+                e.apply_one(
+                    now,
+                    Command::AddSubscription {
+                        org: oid.clone(),
+                        sku,
+                        quantity,
+                    },
+                )?;
+                out.subscriptions(&e.subscriptions(&oid)?);
+            }
+            SubscriptionVerb::List { org: o } => out.subscriptions(&e.subscriptions(&org(&o)?)?),
+        },
+        Verb::License(v) => {
+            let (oid, users) = match v {
+                LicenseVerb::Assign(a) => {
+                    let oid = org(&a.org)?;
+                    e.apply_one(
+                        now,
+                        Command::AssignLicense {
+                            org: oid.clone(),
+                            sku: a.sku,
+                            users: a.users.clone(),
+                        },
+                    )?;
+                    (oid, a.users)
+                }
+                LicenseVerb::Remove(a) => {
+                    let oid = org(&a.org)?;
+                    e.apply_one(
+                        now,
+                        Command::RemoveLicense {
+                            org: oid.clone(),
+                            sku: a.sku,
+                            users: a.users.clone(),
+                        },
+                    )?;
+                    (oid, a.users)
+                }
+                LicenseVerb::Set { org: o, user, skus } => {
+                    let oid = org(&o)?;
+                    e.apply_one(
+                        now,
+                        Command::SetLicenses {
+                            org: oid.clone(),
+                            user: user.clone(),
+                            skus,
+                        },
+                    )?;
+                    (oid, vec![user])
+                }
+            };
+            let views = users
+                .iter()
+                .map(|u| e.user(&oid, u))
+                .collect::<Result<Vec<_>>>()?;
+            out.users(&views);
+        }
+        Verb::Number(v) => match v {
+            NumberVerb::Add {
+                org: o,
+                number,
+                kind,
+                user,
+            } => {
+                let oid = org(&o)?;
+                let n = created(e.apply_one(
+                    now,
+                    Command::AddNumber {
+                        org: oid.clone(),
+                        number,
+                        kind,
+                        user,
+                    },
+                )?)?;
+                let all = e.numbers(&oid)?;
+                out.numbers(
+                    &all.into_iter()
+                        .filter(|x| x.number == n)
+                        .collect::<Vec<_>>(),
+                );
+            }
+            NumberVerb::List { org: o } => out.numbers(&e.numbers(&org(&o)?)?),
+        },
+        Verb::PaymentMethod(v) => match v {
+            PaymentMethodVerb::Add {
+                org: o,
+                card,
+                exp,
+                holder,
+                ea,
+            } => {
+                let oid = org(&o)?;
+                let id = match (card, ea) {
+                    (Some(number), None) => {
+                        let (exp_month, exp_year) = parse_expiry(exp.as_deref().unwrap_or(""))?;
+                        let token = e.gateway().tokenize_card(
+                            &CardInput {
+                                number,
+                                exp_month,
+                                exp_year,
+                                holder: holder.clone().unwrap_or_default(),
+                            },
+                            now,
+                        )?;
+                        created(e.apply_one(
+                            now,
+                            Command::AddCard {
+                                org: oid.clone(),
+                                token,
+                                holder,
+                            },
+                        )?)?
+                    }
+                    (None, Some(agreement_number)) => created(e.apply_one(
+                        now,
+                        Command::AddAgreement {
+                            org: oid.clone(),
+                            agreement_number,
+                        },
+                    )?)?,
+                    _ => {
+                        return Err(err!(
+                            ErrorCode::InvalidInput,
+                            "give either --card NUMBER --exp MM/YYYY or --ea AGREEMENT"
+                        ))
+                    }
+                };
+                let all = e.payment_methods(&oid)?;
+                out.payment_methods(&all.into_iter().filter(|p| p.id == id).collect::<Vec<_>>());
+            }
+            PaymentMethodVerb::List { org: o } => {
+                out.payment_methods(&e.payment_methods(&org(&o)?)?)
+            }
+        },
+        Verb::Funds(FundsVerb::Add {
+            org: o,
+            amount,
+            payment_method,
+            po,
+            at,
+        }) => {
+            let oid = org(&o)?;
+            let at = at.map(|t| parse_time("--at", &t)).transpose()?;
+            let order = e.purchase(&oid, &amount, &payment_method, po.as_deref(), at, now)?;
+            out.order_and_credits(&order, &e.credits(&oid)?);
+        }
+        Verb::AutoRecharge(AutoRechargeVerb::Set {
+            org: o,
+            enabled,
+            amount,
+            threshold,
+            payment_method,
+        }) => {
+            let oid = org(&o)?;
+            e.apply_one(
+                now,
+                Command::SetAutoRecharge {
+                    org: oid.clone(),
+                    enabled,
+                    amount,
+                    threshold,
+                    payment_method_id: payment_method,
+                },
+            )?;
+            out.credits(&e.credits(&oid)?);
+        }
+        Verb::Credits(CreditsVerb::Show { org: o }) => out.credits(&e.credits(&org(&o)?)?),
+        Verb::Credits(CreditsVerb::Check { org: o }) => {
+            let oid = org(&o)?;
+            let currency = e.credits(&oid)?.currency;
+            out.books(&e.check_books(&oid)?, &currency);
+        }
+        Verb::Ledger {
+            org: o,
+            after,
+            limit,
+        } => {
+            let oid = org(&o)?;
+            out.ledger(&e.ledger(&oid, after.as_deref(), limit)?);
+        }
+        Verb::Orders { org: o } => out.orders(&e.orders(&org(&o)?)?),
+        Verb::Pools { org: o } => out.pools(&e.pools(&org(&o)?, now)?),
+        Verb::Notifications { org: o } => out.notices(&e.notices(&org(&o)?)?),
+        Verb::Blocked { org: o } => out.denials(&e.denials(&org(&o)?)?),
+        Verb::Rate {
+            org: o,
+            user,
+            to,
+            from,
+            call_type,
+            seconds,
+        } => {
+            let oid = org(&o)?;
+            let from = match from {
+                Some(f) => f,
+                None => default_from(e, &oid, user.as_deref(), &call_type)?,
+            };
+            let req = AuthorizeRequest {
+                org: oid,
+                call_id: "quote".into(),
+                call_type,
+                user,
+                from,
+                to,
+                requested_seconds: seconds,
+            };
+            out.authorize(&e.rate(&req, now)?);
+        }
+        Verb::Call(v) => match v {
+            CallVerb::Authorize {
+                org: o,
+                call_id,
+                call_type,
+                user,
+                from,
+                to,
+                seconds,
+            } => {
+                let req = AuthorizeRequest {
+                    org: org(&o)?,
+                    call_id,
+                    call_type,
+                    user,
+                    from,
+                    to,
+                    requested_seconds: seconds,
+                };
+                match e.apply_one(now, Command::Authorize(req))? {
+                    Outcome::Authorized(v) => out.authorize(&v),
+                    _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+                }
+            }
+            CallVerb::Update {
+                org: o,
+                call_id,
+                used,
+                seconds,
+            } => {
+                match e.apply_one(
+                    now,
+                    Command::Update {
+                        org: org(&o)?,
+                        call_id,
+                        used_seconds: used,
+                        requested_seconds: seconds,
+                    },
+                )? {
+                    Outcome::Updated(v) => out.update(&v),
+                    _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+                }
+            }
+            CallVerb::End {
+                org: o,
+                call_id,
+                duration,
+            } => match e.apply_one(
+                now,
+                Command::End {
+                    org: org(&o)?,
+                    call_id,
+                    duration_seconds: duration,
+                },
+            )? {
+                Outcome::Ended(v) => out.end(&v),
+                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+            },
+        },
+        Verb::Cdr(CdrVerb::Import {
+            org: o,
+            file,
+            rejects,
+        }) => {
+            let oid = org(&o)?;
+            let f = std::fs::File::open(&file).map_err(|er| {
+                err!(
+                    ErrorCode::InvalidInput,
+                    "cannot read {}: {er}",
+                    file.display()
+                )
+            })?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let bar = output::progress(len, cli.json);
+            let mut done_rows = 0;
+            let report =
+                e.import_cdrs(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows)?;
+            bar.finish_and_clear();
+            if let Some(path) = rejects {
+                output::write_rejects(&path, &report.rejected)?;
+            }
+            let currency = e.credits(&oid)?.currency;
+            out.import(&report, &currency);
+            if report.charged == 0 && !report.rejected.is_empty() && report.duplicates == 0 {
+                return Err(err!(
+                    ErrorCode::InvalidCdr,
+                    "no row of {} could be charged",
+                    file.display()
+                ));
+            }
+        }
+        Verb::Rates(RatesVerb::Import {
+            file,
+            kind,
+            currency,
+        }) => {
+            let csv = std::fs::read_to_string(&file).map_err(|er| {
+                err!(
+                    ErrorCode::InvalidInput,
+                    "cannot read {}: {er}",
+                    file.display()
+                )
+            })?;
+            let kind = DeckKind::parse(&kind)?;
+            match e.apply_one(
+                now,
+                Command::ImportRates {
+                    kind,
+                    currency: currency.clone(),
+                    csv,
+                },
+            )? {
+                Outcome::Count(n) => {
+                    out.rates_imported(kind.as_str(), &currency.to_ascii_uppercase(), n)
+                }
+                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+            }
+        }
+        Verb::Jobs(JobsVerb::Run) => out.jobs(&e.run_jobs(now)?),
+    }
+    Ok(())
+}
+
+/// The caller number `rate` assumes when none is given: the user's own number.
+fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -> Result<String> {
+    if call_type == "toll_free_inbound" {
+        return Err(Error::new(
+            ErrorCode::InvalidInput,
+            "toll_free_inbound needs --from: the caller's number sets the price",
+        ));
+    }
+    let number = match user {
+        Some(u) => e.user(org_id, u)?.phone_number,
+        None => None,
+    };
+    number.ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidInput,
+            "give --from: the user has no phone number of their own",
+        )
+    })
+}

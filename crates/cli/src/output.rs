@@ -1,0 +1,584 @@
+//! Printing: the API's JSON objects with `--json`, aligned text otherwise.
+
+use commcredits_core::money::Currency;
+use commcredits_core::Error;
+use commcredits_engine::cdr::{ImportReport, RowProblem};
+use commcredits_engine::demo::DemoReport;
+use commcredits_engine::invariants::BooksReport;
+use commcredits_engine::jobs::JobReport;
+use commcredits_engine::views::*;
+use serde::Serialize;
+
+pub struct Out {
+    pub json: bool,
+}
+
+fn money(amount: i64, currency: &str) -> String {
+    match Currency::parse(currency) {
+        Ok(c) => format!("{} {}", c.format_minor(amount), c.code()),
+        Err(_) => format!("{amount} (minor units) {currency}"),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
+}
+
+impl Out {
+    fn json<T: Serialize + ?Sized>(&self, v: &T) -> bool {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(v).unwrap_or_else(|e| format!(
+                    "{{\"code\":\"internal_error\",\"message\":\"{e}\"}}"
+                ))
+            );
+        }
+        self.json
+    }
+
+    pub fn error(&self, e: &Error) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"code": e.code.as_str(), "message": e.message})
+            );
+        } else {
+            eprintln!("error[{}]: {}", e.code, e.message);
+        }
+    }
+
+    pub fn org(&self, o: &OrgView) {
+        if self.json(o) {
+            return;
+        }
+        println!("organization {}", o.id);
+        println!("  name        {}", o.name);
+        println!("  currency    {}", o.currency);
+        println!("  country     {}", o.country);
+        println!(
+            "  notices to  {}",
+            if o.notification_emails.is_empty() {
+                "-".into()
+            } else {
+                o.notification_emails.join(", ")
+            }
+        );
+        if let Some(l) = o.low_balance_level {
+            println!("  low balance {}", money(l, &o.currency));
+        }
+        if o.suspended {
+            println!("  SUSPENDED");
+        }
+    }
+
+    pub fn orgs(&self, v: &[OrgView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["ID", "NAME", "CURRENCY", "COUNTRY"],
+            v.iter()
+                .map(|o| {
+                    vec![
+                        o.id.clone(),
+                        o.name.clone(),
+                        o.currency.clone(),
+                        o.country.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn user(&self, u: &UserView) {
+        if self.json(u) {
+            return;
+        }
+        println!("user {}", u.id);
+        println!("  upn              {}", u.upn);
+        println!("  name             {}", u.display_name);
+        println!("  usage location   {}", u.usage_location);
+        println!("  phone number     {}", opt(&u.phone_number));
+        println!(
+            "  licenses         {}",
+            if u.licenses.is_empty() {
+                "-".into()
+            } else {
+                u.licenses.join(", ")
+            }
+        );
+        println!(
+            "  dial-out         {} (conference: {})",
+            u.dial_out_policy, u.conference_dial_out_policy
+        );
+        println!(
+            "  spend limit      {}",
+            u.spend_limit
+                .map(|l| l.to_string() + " (minor units)")
+                .unwrap_or_else(|| "none".into())
+        );
+    }
+
+    pub fn users(&self, v: &[UserView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["ID", "UPN", "NAME", "LOCATION", "NUMBER", "LICENSES"],
+            v.iter()
+                .map(|u| {
+                    vec![
+                        u.id.clone(),
+                        u.upn.clone(),
+                        u.display_name.clone(),
+                        u.usage_location.clone(),
+                        opt(&u.phone_number),
+                        u.licenses.join(","),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn subscriptions(&self, v: &[SubscriptionView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["SKU", "QUANTITY", "ASSIGNED", "FREE"],
+            v.iter()
+                .map(|s| {
+                    vec![
+                        s.sku.clone(),
+                        s.quantity.to_string(),
+                        s.assigned.to_string(),
+                        s.available.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn numbers(&self, v: &[NumberView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["NUMBER", "KIND", "USER"],
+            v.iter()
+                .map(|n| vec![n.number.clone(), n.kind.clone(), opt(&n.user_id)])
+                .collect(),
+        );
+    }
+
+    pub fn payment_methods(&self, v: &[PaymentMethodView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["ID", "TYPE", "DETAILS"],
+            v.iter()
+                .map(|p| {
+                    let details = match (&p.card, &p.agreement_number) {
+                        (Some(c), _) => format!(
+                            "{} ending {} expires {:02}/{}",
+                            c.brand, c.last4, c.exp_month, c.exp_year
+                        ),
+                        (None, Some(a)) => format!("agreement {a}"),
+                        _ => "-".into(),
+                    };
+                    vec![p.id.clone(), p.kind.clone(), details]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn credits(&self, c: &CreditsView) {
+        if self.json(c) {
+            return;
+        }
+        let cur = &c.currency;
+        println!("balance    {}", money(c.balance, cur));
+        println!("reserved   {}", money(c.reserved, cur));
+        println!("available  {}", money(c.available, cur));
+        let ar = &c.auto_recharge;
+        if ar.enabled {
+            println!(
+                "auto-recharge  on: {} when available falls below {} (payment method {})",
+                money(ar.amount, cur),
+                money(ar.threshold, cur),
+                opt(&ar.payment_method_id)
+            );
+        } else {
+            println!("auto-recharge  off");
+        }
+        if !c.lots.is_empty() {
+            println!();
+            table(
+                &[
+                    "LOT",
+                    "AMOUNT",
+                    "REMAINING",
+                    "PURCHASED",
+                    "EXPIRES",
+                    "STATE",
+                ],
+                c.lots
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.id.clone(),
+                            money(l.amount, cur),
+                            money(l.remaining, cur),
+                            l.purchased_at.clone(),
+                            l.expires_at.clone(),
+                            if l.expired {
+                                "expired".into()
+                            } else if l.remaining == 0 {
+                                "spent".into()
+                            } else {
+                                "open".into()
+                            },
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    pub fn order_and_credits(&self, o: &OrderView, c: &CreditsView) {
+        if self.json(o) {
+            return;
+        }
+        println!(
+            "order {} {}: {} {}",
+            o.id,
+            o.kind,
+            money(o.amount, &o.currency),
+            o.status
+        );
+        if let Some(po) = &o.po_number {
+            println!("purchase order {po}");
+        }
+        println!();
+        self.credits(c);
+    }
+
+    pub fn books(&self, b: &BooksReport, currency: &str) {
+        if self.json(b) {
+            return;
+        }
+        println!(
+            "books balance: purchases {} + adjustments {} = balance {} + charges {} + expired {}",
+            money(b.purchases, currency),
+            money(b.adjustments, currency),
+            money(b.balance, currency),
+            money(b.charges, currency),
+            money(b.expired, currency)
+        );
+        println!(
+            "balance {} = reserved {} + available {}",
+            money(b.balance, currency),
+            money(b.reserved, currency),
+            money(b.available, currency)
+        );
+    }
+
+    pub fn ledger(&self, p: &LedgerPage) {
+        if self.json(p) {
+            return;
+        }
+        table(
+            &[
+                "SEQ",
+                "AT",
+                "KIND",
+                "AMOUNT",
+                "BALANCE",
+                "CALL/ORDER",
+                "MEMO",
+            ],
+            p.entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        e.at.clone(),
+                        e.kind.clone(),
+                        money(e.amount, &e.currency),
+                        money(e.balance_after, &e.currency),
+                        e.call_id
+                            .clone()
+                            .or_else(|| e.order_id.clone())
+                            .unwrap_or_else(|| "-".into()),
+                        e.memo.clone(),
+                    ]
+                })
+                .collect(),
+        );
+        if let Some(c) = &p.next_cursor {
+            println!("more: --after {c}");
+        }
+    }
+
+    pub fn orders(&self, v: &[OrderView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["ID", "CREATED", "KIND", "AMOUNT", "STATUS", "REASON", "PO"],
+            v.iter()
+                .map(|o| {
+                    vec![
+                        o.id.clone(),
+                        o.created_at.clone(),
+                        o.kind.clone(),
+                        money(o.amount, &o.currency),
+                        o.status.clone(),
+                        opt(&o.failure_reason),
+                        opt(&o.po_number),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn pools(&self, v: &[PoolView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &[
+                "COUNTRY", "POOL", "MONTH", "USED", "RESERVED", "SIZE", "USED %",
+            ],
+            v.iter()
+                .map(|p| {
+                    vec![
+                        p.country.clone(),
+                        p.kind.clone(),
+                        p.month.clone(),
+                        p.used.to_string(),
+                        p.reserved.to_string(),
+                        p.size.to_string(),
+                        format!("{}%", p.percent_used),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn notices(&self, v: &[NoticeView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["AT", "KIND", "STATUS", "SUBJECT"],
+            v.iter()
+                .map(|n| {
+                    vec![
+                        n.created_at.clone(),
+                        n.kind.clone(),
+                        n.status.clone(),
+                        n.subject.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn denials(&self, v: &[DenialView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["AT", "CALL", "TYPE", "USER", "TO", "REASON"],
+            v.iter()
+                .map(|d| {
+                    vec![
+                        d.at.clone(),
+                        d.call_id.clone(),
+                        d.call_type.clone(),
+                        opt(&d.user_id),
+                        d.to.clone(),
+                        d.reason.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn authorize(&self, a: &AuthorizeView) {
+        if self.json(a) {
+            return;
+        }
+        if a.decision == "allow" {
+            println!(
+                "allow: {} s granted, funded by {}",
+                a.granted_seconds, a.funding
+            );
+        } else {
+            println!("deny: {}", a.reason.as_deref().unwrap_or("denied"));
+        }
+        println!(
+            "  destination  {} ({})",
+            a.destination,
+            a.destination_name.as_deref().unwrap_or("no rate")
+        );
+        if let Some(r) = &a.rate_per_minute {
+            println!(
+                "  rate         {r} {}/min, connection fee {}, increment {} s",
+                a.currency,
+                money(a.connection_fee, &a.currency),
+                a.increment_seconds
+            );
+        }
+        if let Some(p) = &a.pool {
+            println!("  plan pool    {p} ({} min reserved)", a.plan_minutes);
+        }
+        if a.reserved_amount > 0 {
+            println!("  reserved     {}", money(a.reserved_amount, &a.currency));
+        }
+    }
+
+    pub fn update(&self, u: &UpdateView) {
+        if self.json(u) {
+            return;
+        }
+        match &u.reason {
+            Some(r) => println!(
+                "no more time: {r} (the call has {} s in all, {} s used)",
+                u.total_granted_seconds, u.used_seconds
+            ),
+            None => println!(
+                "{} s more granted ({} s in all, {} s used)",
+                u.granted_seconds, u.total_granted_seconds, u.used_seconds
+            ),
+        }
+    }
+
+    pub fn end(&self, v: &EndView) {
+        if self.json(v) {
+            return;
+        }
+        println!(
+            "{} {}: {} s, charged {} on credits, {} plan minutes, funded by {}",
+            v.call_id,
+            v.state,
+            v.duration_seconds,
+            money(v.charge, &v.currency),
+            v.plan_minutes,
+            v.funding
+        );
+        if v.overrun_seconds > 0 {
+            println!(
+                "  {} s beyond the grant were not charged",
+                v.overrun_seconds
+            );
+        }
+    }
+
+    pub fn import(&self, r: &ImportReport, currency: &str) {
+        if self.json(r) {
+            return;
+        }
+        println!(
+            "{} rows: {} charged ({}), {} already charged, {} rejected",
+            r.rows,
+            r.charged,
+            money(r.charge, currency),
+            r.duplicates,
+            r.rejected.len()
+        );
+        for p in r.rejected.iter().take(20) {
+            println!(
+                "  line {}: {} [{}] {}",
+                p.line, p.call_id, p.code, p.message
+            );
+        }
+        if r.rejected.len() > 20 {
+            println!("  ... {} more (use --rejects FILE)", r.rejected.len() - 20);
+        }
+    }
+
+    pub fn rates_imported(&self, kind: &str, currency: &str, n: usize) {
+        if self.json(&serde_json::json!({"kind": kind, "currency": currency, "entries": n})) {
+            return;
+        }
+        println!("{kind} deck for {currency} replaced: {n} rates");
+    }
+
+    pub fn jobs(&self, r: &JobReport) {
+        if self.json(r) {
+            return;
+        }
+        println!("reservations expired   {}", r.reservations_expired);
+        println!("lots expired           {}", r.lots_expired);
+        println!("expiring-funds notices {}", r.expiring_notices);
+        println!("pools opened           {}", r.pools_opened);
+        println!("pending orders charged {}", r.orders_charged);
+    }
+
+    pub fn demo(&self, r: &DemoReport) {
+        if self.json(r) {
+            return;
+        }
+        print!("{}", r.text);
+    }
+}
+
+/// A progress bar on a terminal; hidden when stderr is not one or output is JSON.
+pub fn progress(len: u64, json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub fn write_rejects(path: &std::path::Path, rows: &[RowProblem]) -> commcredits_core::Result<()> {
+    let fail = |e: &dyn std::fmt::Display| {
+        commcredits_core::Error::new(
+            commcredits_core::ErrorCode::InvalidInput,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    };
+    let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
+    w.write_record(["line", "call_id", "code", "message"])
+        .map_err(|e| fail(&e))?;
+    for r in rows {
+        w.write_record([r.line.to_string().as_str(), &r.call_id, &r.code, &r.message])
+            .map_err(|e| fail(&e))?;
+    }
+    w.flush().map_err(|e| fail(&e))
+}
