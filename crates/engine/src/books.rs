@@ -277,6 +277,18 @@ impl Books {
         fx: &mut Effects,
         exhausted: bool,
     ) -> Result<()> {
+        self.after_change_funded(tx, now, fx, exhausted, false)
+    }
+
+    /// As [`Books::after_change`]; `funds_added` tells that a purchase or recharge landed.
+    pub fn after_change_funded(
+        &mut self,
+        tx: &mut dyn Tx,
+        now: Timestamp,
+        fx: &mut Effects,
+        exhausted: bool,
+        funds_added: bool,
+    ) -> Result<()> {
         let available = self.available();
         let cur = self.currency;
         let org_id = self.org.org_id.clone();
@@ -322,7 +334,7 @@ impl Books {
             )?;
         }
         let mut ar = self.auto_recharge();
-        if ar.observe(available) {
+        if ar.observe(available, funds_added) {
             let pm = ar.payment_method_id.clone().unwrap_or_default();
             let order = OrderRow {
                 org_id: org_id.clone(),
@@ -529,7 +541,8 @@ pub(crate) fn complete_order(
         }
     }
     tx.update_order(&order)?;
-    b.after_change(tx, now, fx, false)?;
+    let funded = order.status == "succeeded";
+    b.after_change_funded(tx, now, fx, false, funded)?;
     b.save(tx)?;
     Ok(Outcome::Order(OrderView::from(&order)))
 }
