@@ -22,12 +22,7 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Database URL: sqlite://PATH (default sqlite://commcredits.db).
-    #[arg(
-        long,
-        global = true,
-        env = "COMMCREDITS_DB",
-        default_value = "sqlite://commcredits.db"
-    )]
+    #[arg(long, global = true, env = "COMMCREDITS_DB", default_value = "sqlite://commcredits.db")]
     db: String,
     /// Print the API's JSON objects instead of text.
     #[arg(long, global = true)]
@@ -426,10 +421,7 @@ fn main() -> ExitCode {
 
 fn parse_time(what: &str, text: &str) -> Result<Timestamp> {
     text.parse().map_err(|_| {
-        err!(
-            ErrorCode::InvalidTime,
-            "{what} '{text}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z"
-        )
+        err!(ErrorCode::InvalidTime, "{what} '{text}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z")
     })
 }
 
@@ -441,13 +433,7 @@ fn created(o: Outcome) -> Result<String> {
 }
 
 fn none_or(text: Option<String>) -> Option<Option<String>> {
-    text.map(|t| {
-        if t.eq_ignore_ascii_case("none") {
-            None
-        } else {
-            Some(t)
-        }
-    })
+    text.map(|t| if t.eq_ignore_ascii_case("none") { None } else { Some(t) })
 }
 
 fn run(cli: Cli, out: &Out) -> Result<()> {
@@ -467,57 +453,24 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
     match cli.command {
         Verb::Demo => unreachable!("handled above"),
         Verb::Org(v) => match v {
-            OrgVerb::Create {
-                name,
-                currency,
-                country,
-                emails,
-            } => {
-                let id = created(e.apply_one(
-                    now,
-                    Command::CreateOrg {
-                        name,
-                        currency,
-                        country,
-                        emails,
-                    },
-                )?)?;
+            OrgVerb::Create { name, currency, country, emails } => {
+                let id = created(e.apply_one(now, Command::CreateOrg { name, currency, country, emails })?)?;
                 out.org(&e.org_view(&id)?);
             }
             OrgVerb::Show { org: o } => out.org(&e.org_view(&org(&o)?)?),
             OrgVerb::List => out.orgs(&e.orgs()?),
-            OrgVerb::Set {
-                org: o,
-                emails,
-                low_balance,
-                suspended,
-            } => {
+            OrgVerb::Set { org: o, emails, low_balance, suspended } => {
                 let id = org(&o)?;
-                let emails = if emails.is_empty() {
-                    None
-                } else {
-                    Some(emails)
-                };
+                let emails = if emails.is_empty() { None } else { Some(emails) };
                 e.apply_one(
                     now,
-                    Command::UpdateOrg {
-                        org: id.clone(),
-                        emails,
-                        low_balance: none_or(low_balance),
-                        suspended,
-                    },
+                    Command::UpdateOrg { org: id.clone(), emails, low_balance: none_or(low_balance), suspended },
                 )?;
                 out.org(&e.org_view(&id)?);
             }
         },
         Verb::User(v) => match v {
-            UserVerb::Create {
-                org: o,
-                upn,
-                name,
-                location,
-                number,
-            } => {
+            UserVerb::Create { org: o, upn, name, location, number } => {
                 let oid = org(&o)?;
                 let id = created(e.apply_one(
                     now,
@@ -533,15 +486,7 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             }
             UserVerb::List { org: o } => out.users(&e.users(&org(&o)?)?),
             UserVerb::Show { org: o, user } => out.user(&e.user(&org(&o)?, &user)?),
-            UserVerb::Set {
-                org: o,
-                user,
-                name,
-                location,
-                dial_out,
-                conference_dial_out,
-                spend_limit,
-            } => {
+            UserVerb::Set { org: o, user, name, location, dial_out, conference_dial_out, spend_limit } => {
                 let oid = org(&o)?;
                 e.apply_one(
                     now,
@@ -559,20 +504,9 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             }
         },
         Verb::Subscription(v) => match v {
-            SubscriptionVerb::Add {
-                org: o,
-                sku,
-                quantity,
-            } => {
+            SubscriptionVerb::Add { org: o, sku, quantity } => {
                 let oid = org(&o)?;
-                e.apply_one(
-                    now,
-                    Command::AddSubscription {
-                        org: oid.clone(),
-                        sku,
-                        quantity,
-                    },
-                )?;
+                e.apply_one(now, Command::AddSubscription { org: oid.clone(), sku, quantity })?;
                 out.subscriptions(&e.subscriptions(&oid)?);
             }
             SubscriptionVerb::List { org: o } => out.subscriptions(&e.subscriptions(&org(&o)?)?),
@@ -581,110 +515,51 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             let (oid, users) = match v {
                 LicenseVerb::Assign(a) => {
                     let oid = org(&a.org)?;
-                    e.apply_one(
-                        now,
-                        Command::AssignLicense {
-                            org: oid.clone(),
-                            sku: a.sku,
-                            users: a.users.clone(),
-                        },
-                    )?;
+                    e.apply_one(now, Command::AssignLicense { org: oid.clone(), sku: a.sku, users: a.users.clone() })?;
                     (oid, a.users)
                 }
                 LicenseVerb::Remove(a) => {
                     let oid = org(&a.org)?;
-                    e.apply_one(
-                        now,
-                        Command::RemoveLicense {
-                            org: oid.clone(),
-                            sku: a.sku,
-                            users: a.users.clone(),
-                        },
-                    )?;
+                    e.apply_one(now, Command::RemoveLicense { org: oid.clone(), sku: a.sku, users: a.users.clone() })?;
                     (oid, a.users)
                 }
                 LicenseVerb::Set { org: o, user, skus } => {
                     let oid = org(&o)?;
-                    e.apply_one(
-                        now,
-                        Command::SetLicenses {
-                            org: oid.clone(),
-                            user: user.clone(),
-                            skus,
-                        },
-                    )?;
+                    e.apply_one(now, Command::SetLicenses { org: oid.clone(), user: user.clone(), skus })?;
                     (oid, vec![user])
                 }
             };
-            let views = users
-                .iter()
-                .map(|u| e.user(&oid, u))
-                .collect::<Result<Vec<_>>>()?;
+            let views = users.iter().map(|u| e.user(&oid, u)).collect::<Result<Vec<_>>>()?;
             out.users(&views);
         }
         Verb::Number(v) => match v {
-            NumberVerb::Add {
-                org: o,
-                number,
-                kind,
-                user,
-            } => {
+            NumberVerb::Add { org: o, number, kind, user } => {
                 let oid = org(&o)?;
-                let n = created(e.apply_one(
-                    now,
-                    Command::AddNumber {
-                        org: oid.clone(),
-                        number,
-                        kind,
-                        user,
-                    },
-                )?)?;
-                let all = e.numbers(&oid)?;
-                out.numbers(
-                    &all.into_iter()
-                        .filter(|x| x.number == n)
-                        .collect::<Vec<_>>(),
-                );
+                let n = created(e.apply_one(now, Command::AddNumber { org: oid.clone(), number, kind, user })?)?;
+                let view = e
+                    .numbers(&oid)?
+                    .into_iter()
+                    .find(|x| x.number == n)
+                    .ok_or_else(|| err!(ErrorCode::Internal, "number vanished"))?;
+                out.number(&view);
             }
             NumberVerb::List { org: o } => out.numbers(&e.numbers(&org(&o)?)?),
         },
         Verb::PaymentMethod(v) => match v {
-            PaymentMethodVerb::Add {
-                org: o,
-                card,
-                exp,
-                holder,
-                ea,
-            } => {
+            PaymentMethodVerb::Add { org: o, card, exp, holder, ea } => {
                 let oid = org(&o)?;
                 let id = match (card, ea) {
                     (Some(number), None) => {
                         let (exp_month, exp_year) = parse_expiry(exp.as_deref().unwrap_or(""))?;
                         let token = e.gateway().tokenize_card(
-                            &CardInput {
-                                number,
-                                exp_month,
-                                exp_year,
-                                holder: holder.clone().unwrap_or_default(),
-                            },
+                            &CardInput { number, exp_month, exp_year, holder: holder.clone().unwrap_or_default() },
                             now,
                         )?;
-                        created(e.apply_one(
-                            now,
-                            Command::AddCard {
-                                org: oid.clone(),
-                                token,
-                                holder,
-                            },
-                        )?)?
+                        created(e.apply_one(now, Command::AddCard { org: oid.clone(), token, holder })?)?
                     }
-                    (None, Some(agreement_number)) => created(e.apply_one(
-                        now,
-                        Command::AddAgreement {
-                            org: oid.clone(),
-                            agreement_number,
-                        },
-                    )?)?,
+                    (None, Some(agreement_number)) => {
+                        created(e.apply_one(now, Command::AddAgreement { org: oid.clone(), agreement_number })?)?
+                    }
                     _ => {
                         return Err(err!(
                             ErrorCode::InvalidInput,
@@ -692,32 +567,22 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
                         ))
                     }
                 };
-                let all = e.payment_methods(&oid)?;
-                out.payment_methods(&all.into_iter().filter(|p| p.id == id).collect::<Vec<_>>());
+                let view = e
+                    .payment_methods(&oid)?
+                    .into_iter()
+                    .find(|p| p.id == id)
+                    .ok_or_else(|| err!(ErrorCode::Internal, "payment method vanished"))?;
+                out.payment_method(&view);
             }
-            PaymentMethodVerb::List { org: o } => {
-                out.payment_methods(&e.payment_methods(&org(&o)?)?)
-            }
+            PaymentMethodVerb::List { org: o } => out.payment_methods(&e.payment_methods(&org(&o)?)?),
         },
-        Verb::Funds(FundsVerb::Add {
-            org: o,
-            amount,
-            payment_method,
-            po,
-            at,
-        }) => {
+        Verb::Funds(FundsVerb::Add { org: o, amount, payment_method, po, at }) => {
             let oid = org(&o)?;
             let at = at.map(|t| parse_time("--at", &t)).transpose()?;
             let order = e.purchase(&oid, &amount, &payment_method, po.as_deref(), at, now)?;
             out.order_and_credits(&order, &e.credits(&oid)?);
         }
-        Verb::AutoRecharge(AutoRechargeVerb::Set {
-            org: o,
-            enabled,
-            amount,
-            threshold,
-            payment_method,
-        }) => {
+        Verb::AutoRecharge(AutoRechargeVerb::Set { org: o, enabled, amount, threshold, payment_method }) => {
             let oid = org(&o)?;
             e.apply_one(
                 now,
@@ -737,11 +602,7 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             let currency = e.credits(&oid)?.currency;
             out.books(&e.check_books(&oid)?, &currency);
         }
-        Verb::Ledger {
-            org: o,
-            after,
-            limit,
-        } => {
+        Verb::Ledger { org: o, after, limit } => {
             let oid = org(&o)?;
             out.ledger(&e.ledger(&oid, after.as_deref(), limit)?);
         }
@@ -749,14 +610,7 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
         Verb::Pools { org: o } => out.pools(&e.pools(&org(&o)?, now)?),
         Verb::Notifications { org: o } => out.notices(&e.notices(&org(&o)?)?),
         Verb::Blocked { org: o } => out.denials(&e.denials(&org(&o)?)?),
-        Verb::Rate {
-            org: o,
-            user,
-            to,
-            from,
-            call_type,
-            seconds,
-        } => {
+        Verb::Rate { org: o, user, to, from, call_type, seconds } => {
             let oid = org(&o)?;
             let from = match from {
                 Some(f) => f,
@@ -774,82 +628,38 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             out.authorize(&e.rate(&req, now)?);
         }
         Verb::Call(v) => match v {
-            CallVerb::Authorize {
-                org: o,
-                call_id,
-                call_type,
-                user,
-                from,
-                to,
-                seconds,
-            } => {
-                let req = AuthorizeRequest {
-                    org: org(&o)?,
-                    call_id,
-                    call_type,
-                    user,
-                    from,
-                    to,
-                    requested_seconds: seconds,
-                };
+            CallVerb::Authorize { org: o, call_id, call_type, user, from, to, seconds } => {
+                let req =
+                    AuthorizeRequest { org: org(&o)?, call_id, call_type, user, from, to, requested_seconds: seconds };
                 match e.apply_one(now, Command::Authorize(req))? {
                     Outcome::Authorized(v) => out.authorize(&v),
                     _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
                 }
             }
-            CallVerb::Update {
-                org: o,
-                call_id,
-                used,
-                seconds,
-            } => {
+            CallVerb::Update { org: o, call_id, used, seconds } => {
                 match e.apply_one(
                     now,
-                    Command::Update {
-                        org: org(&o)?,
-                        call_id,
-                        used_seconds: used,
-                        requested_seconds: seconds,
-                    },
+                    Command::Update { org: org(&o)?, call_id, used_seconds: used, requested_seconds: seconds },
                 )? {
                     Outcome::Updated(v) => out.update(&v),
                     _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
                 }
             }
-            CallVerb::End {
-                org: o,
-                call_id,
-                duration,
-            } => match e.apply_one(
-                now,
-                Command::End {
-                    org: org(&o)?,
-                    call_id,
-                    duration_seconds: duration,
-                },
-            )? {
-                Outcome::Ended(v) => out.end(&v),
-                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
-            },
+            CallVerb::End { org: o, call_id, duration } => {
+                match e.apply_one(now, Command::End { org: org(&o)?, call_id, duration_seconds: duration })? {
+                    Outcome::Ended(v) => out.end(&v),
+                    _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+                }
+            }
         },
-        Verb::Cdr(CdrVerb::Import {
-            org: o,
-            file,
-            rejects,
-        }) => {
+        Verb::Cdr(CdrVerb::Import { org: o, file, rejects }) => {
             let oid = org(&o)?;
-            let f = std::fs::File::open(&file).map_err(|er| {
-                err!(
-                    ErrorCode::InvalidInput,
-                    "cannot read {}: {er}",
-                    file.display()
-                )
-            })?;
+            let f = std::fs::File::open(&file)
+                .map_err(|er| err!(ErrorCode::InvalidInput, "cannot read {}: {er}", file.display()))?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             let bar = output::progress(len, cli.json);
             let mut done_rows = 0;
-            let report =
-                e.import_cdrs(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows)?;
+            let report = e.import_cdrs(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows)?;
             bar.finish_and_clear();
             if let Some(path) = rejects {
                 output::write_rejects(&path, &report.rejected)?;
@@ -857,37 +667,15 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             let currency = e.credits(&oid)?.currency;
             out.import(&report, &currency);
             if report.charged == 0 && !report.rejected.is_empty() && report.duplicates == 0 {
-                return Err(err!(
-                    ErrorCode::InvalidCdr,
-                    "no row of {} could be charged",
-                    file.display()
-                ));
+                return Err(err!(ErrorCode::InvalidCdr, "no row of {} could be charged", file.display()));
             }
         }
-        Verb::Rates(RatesVerb::Import {
-            file,
-            kind,
-            currency,
-        }) => {
-            let csv = std::fs::read_to_string(&file).map_err(|er| {
-                err!(
-                    ErrorCode::InvalidInput,
-                    "cannot read {}: {er}",
-                    file.display()
-                )
-            })?;
+        Verb::Rates(RatesVerb::Import { file, kind, currency }) => {
+            let csv = std::fs::read_to_string(&file)
+                .map_err(|er| err!(ErrorCode::InvalidInput, "cannot read {}: {er}", file.display()))?;
             let kind = DeckKind::parse(&kind)?;
-            match e.apply_one(
-                now,
-                Command::ImportRates {
-                    kind,
-                    currency: currency.clone(),
-                    csv,
-                },
-            )? {
-                Outcome::Count(n) => {
-                    out.rates_imported(kind.as_str(), &currency.to_ascii_uppercase(), n)
-                }
+            match e.apply_one(now, Command::ImportRates { kind, currency: currency.clone(), csv })? {
+                Outcome::Count(n) => out.rates_imported(kind.as_str(), &currency.to_ascii_uppercase(), n),
                 _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
             }
         }
@@ -908,10 +696,5 @@ fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -
         Some(u) => e.user(org_id, u)?.phone_number,
         None => None,
     };
-    number.ok_or_else(|| {
-        Error::new(
-            ErrorCode::InvalidInput,
-            "give --from: the user has no phone number of their own",
-        )
-    })
+    number.ok_or_else(|| Error::new(ErrorCode::InvalidInput, "give --from: the user has no phone number of their own"))
 }

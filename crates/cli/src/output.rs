@@ -28,11 +28,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -51,9 +47,8 @@ impl Out {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(v).unwrap_or_else(|e| format!(
-                    "{{\"code\":\"internal_error\",\"message\":\"{e}\"}}"
-                ))
+                serde_json::to_string_pretty(v)
+                    .unwrap_or_else(|e| format!("{{\"code\":\"internal_error\",\"message\":\"{e}\"}}"))
             );
         }
         self.json
@@ -61,10 +56,7 @@ impl Out {
 
     pub fn error(&self, e: &Error) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::json!({"code": e.code.as_str(), "message": e.message})
-            );
+            println!("{}", serde_json::json!({"code": e.code.as_str(), "message": e.message}));
         } else {
             eprintln!("error[{}]: {}", e.code, e.message);
         }
@@ -80,11 +72,7 @@ impl Out {
         println!("  country     {}", o.country);
         println!(
             "  notices to  {}",
-            if o.notification_emails.is_empty() {
-                "-".into()
-            } else {
-                o.notification_emails.join(", ")
-            }
+            if o.notification_emails.is_empty() { "-".into() } else { o.notification_emails.join(", ") }
         );
         if let Some(l) = o.low_balance_level {
             println!("  low balance {}", money(l, &o.currency));
@@ -100,16 +88,7 @@ impl Out {
         }
         table(
             &["ID", "NAME", "CURRENCY", "COUNTRY"],
-            v.iter()
-                .map(|o| {
-                    vec![
-                        o.id.clone(),
-                        o.name.clone(),
-                        o.currency.clone(),
-                        o.country.clone(),
-                    ]
-                })
-                .collect(),
+            v.iter().map(|o| vec![o.id.clone(), o.name.clone(), o.currency.clone(), o.country.clone()]).collect(),
         );
     }
 
@@ -122,23 +101,11 @@ impl Out {
         println!("  name             {}", u.display_name);
         println!("  usage location   {}", u.usage_location);
         println!("  phone number     {}", opt(&u.phone_number));
-        println!(
-            "  licenses         {}",
-            if u.licenses.is_empty() {
-                "-".into()
-            } else {
-                u.licenses.join(", ")
-            }
-        );
-        println!(
-            "  dial-out         {} (conference: {})",
-            u.dial_out_policy, u.conference_dial_out_policy
-        );
+        println!("  licenses         {}", if u.licenses.is_empty() { "-".into() } else { u.licenses.join(", ") });
+        println!("  dial-out         {} (conference: {})", u.dial_out_policy, u.conference_dial_out_policy);
         println!(
             "  spend limit      {}",
-            u.spend_limit
-                .map(|l| l.to_string() + " (minor units)")
-                .unwrap_or_else(|| "none".into())
+            u.spend_limit.map(|l| l.to_string() + " (minor units)").unwrap_or_else(|| "none".into())
         );
     }
 
@@ -170,14 +137,7 @@ impl Out {
         table(
             &["SKU", "QUANTITY", "ASSIGNED", "FREE"],
             v.iter()
-                .map(|s| {
-                    vec![
-                        s.sku.clone(),
-                        s.quantity.to_string(),
-                        s.assigned.to_string(),
-                        s.available.to_string(),
-                    ]
-                })
+                .map(|s| vec![s.sku.clone(), s.quantity.to_string(), s.assigned.to_string(), s.available.to_string()])
                 .collect(),
         );
     }
@@ -188,10 +148,22 @@ impl Out {
         }
         table(
             &["NUMBER", "KIND", "USER"],
-            v.iter()
-                .map(|n| vec![n.number.clone(), n.kind.clone(), opt(&n.user_id)])
-                .collect(),
+            v.iter().map(|n| vec![n.number.clone(), n.kind.clone(), opt(&n.user_id)]).collect(),
         );
+    }
+
+    pub fn number(&self, n: &NumberView) {
+        if self.json(n) {
+            return;
+        }
+        self.numbers(std::slice::from_ref(n));
+    }
+
+    pub fn payment_method(&self, p: &PaymentMethodView) {
+        if self.json(p) {
+            return;
+        }
+        self.payment_methods(std::slice::from_ref(p));
     }
 
     pub fn payment_methods(&self, v: &[PaymentMethodView]) {
@@ -203,10 +175,9 @@ impl Out {
             v.iter()
                 .map(|p| {
                     let details = match (&p.card, &p.agreement_number) {
-                        (Some(c), _) => format!(
-                            "{} ending {} expires {:02}/{}",
-                            c.brand, c.last4, c.exp_month, c.exp_year
-                        ),
+                        (Some(c), _) => {
+                            format!("{} ending {} expires {:02}/{}", c.brand, c.last4, c.exp_month, c.exp_year)
+                        }
                         (None, Some(a)) => format!("agreement {a}"),
                         _ => "-".into(),
                     };
@@ -238,14 +209,7 @@ impl Out {
         if !c.lots.is_empty() {
             println!();
             table(
-                &[
-                    "LOT",
-                    "AMOUNT",
-                    "REMAINING",
-                    "PURCHASED",
-                    "EXPIRES",
-                    "STATE",
-                ],
+                &["LOT", "AMOUNT", "REMAINING", "PURCHASED", "EXPIRES", "STATE"],
                 c.lots
                     .iter()
                     .map(|l| {
@@ -273,13 +237,7 @@ impl Out {
         if self.json(o) {
             return;
         }
-        println!(
-            "order {} {}: {} {}",
-            o.id,
-            o.kind,
-            money(o.amount, &o.currency),
-            o.status
-        );
+        println!("order {} {}: {} {}", o.id, o.kind, money(o.amount, &o.currency), o.status);
         if let Some(po) = &o.po_number {
             println!("purchase order {po}");
         }
@@ -312,15 +270,7 @@ impl Out {
             return;
         }
         table(
-            &[
-                "SEQ",
-                "AT",
-                "KIND",
-                "AMOUNT",
-                "BALANCE",
-                "CALL/ORDER",
-                "MEMO",
-            ],
+            &["SEQ", "AT", "KIND", "AMOUNT", "BALANCE", "CALL/ORDER", "MEMO"],
             p.entries
                 .iter()
                 .map(|e| {
@@ -330,10 +280,7 @@ impl Out {
                         e.kind.clone(),
                         money(e.amount, &e.currency),
                         money(e.balance_after, &e.currency),
-                        e.call_id
-                            .clone()
-                            .or_else(|| e.order_id.clone())
-                            .unwrap_or_else(|| "-".into()),
+                        e.call_id.clone().or_else(|| e.order_id.clone()).unwrap_or_else(|| "-".into()),
                         e.memo.clone(),
                     ]
                 })
@@ -371,9 +318,7 @@ impl Out {
             return;
         }
         table(
-            &[
-                "COUNTRY", "POOL", "MONTH", "USED", "RESERVED", "SIZE", "USED %",
-            ],
+            &["COUNTRY", "POOL", "MONTH", "USED", "RESERVED", "SIZE", "USED %"],
             v.iter()
                 .map(|p| {
                     vec![
@@ -396,16 +341,7 @@ impl Out {
         }
         table(
             &["AT", "KIND", "STATUS", "SUBJECT"],
-            v.iter()
-                .map(|n| {
-                    vec![
-                        n.created_at.clone(),
-                        n.kind.clone(),
-                        n.status.clone(),
-                        n.subject.clone(),
-                    ]
-                })
-                .collect(),
+            v.iter().map(|n| vec![n.created_at.clone(), n.kind.clone(), n.status.clone(), n.subject.clone()]).collect(),
         );
     }
 
@@ -435,18 +371,11 @@ impl Out {
             return;
         }
         if a.decision == "allow" {
-            println!(
-                "allow: {} s granted, funded by {}",
-                a.granted_seconds, a.funding
-            );
+            println!("allow: {} s granted, funded by {}", a.granted_seconds, a.funding);
         } else {
             println!("deny: {}", a.reason.as_deref().unwrap_or("denied"));
         }
-        println!(
-            "  destination  {} ({})",
-            a.destination,
-            a.destination_name.as_deref().unwrap_or("no rate")
-        );
+        println!("  destination  {} ({})", a.destination, a.destination_name.as_deref().unwrap_or("no rate"));
         if let Some(r) = &a.rate_per_minute {
             println!(
                 "  rate         {r} {}/min, connection fee {}, increment {} s",
@@ -493,10 +422,7 @@ impl Out {
             v.funding
         );
         if v.overrun_seconds > 0 {
-            println!(
-                "  {} s beyond the grant were not charged",
-                v.overrun_seconds
-            );
+            println!("  {} s beyond the grant were not charged", v.overrun_seconds);
         }
     }
 
@@ -513,10 +439,7 @@ impl Out {
             r.rejected.len()
         );
         for p in r.rejected.iter().take(20) {
-            println!(
-                "  line {}: {} [{}] {}",
-                p.line, p.call_id, p.code, p.message
-            );
+            println!("  line {}: {} [{}] {}", p.line, p.call_id, p.code, p.message);
         }
         if r.rejected.len() > 20 {
             println!("  ... {} more (use --rejects FILE)", r.rejected.len() - 20);
@@ -554,13 +477,8 @@ pub fn progress(len: u64, json: bool) -> indicatif::ProgressBar {
     if json {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}",
-    ) {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}") {
         bar.set_style(style);
     }
     bar
@@ -574,11 +492,9 @@ pub fn write_rejects(path: &std::path::Path, rows: &[RowProblem]) -> commcredits
         )
     };
     let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
-    w.write_record(["line", "call_id", "code", "message"])
-        .map_err(|e| fail(&e))?;
+    w.write_record(["line", "call_id", "code", "message"]).map_err(|e| fail(&e))?;
     for r in rows {
-        w.write_record([r.line.to_string().as_str(), &r.call_id, &r.code, &r.message])
-            .map_err(|e| fail(&e))?;
+        w.write_record([r.line.to_string().as_str(), &r.call_id, &r.code, &r.message]).map_err(|e| fail(&e))?;
     }
     w.flush().map_err(|e| fail(&e))
 }

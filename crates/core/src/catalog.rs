@@ -31,17 +31,10 @@ impl Sku {
     ];
 
     pub fn parse(text: &str) -> Result<Sku> {
-        Sku::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text.trim())
-            .ok_or_else(|| {
-                let known: Vec<&str> = Sku::ALL.iter().map(|s| s.as_str()).collect();
-                err!(
-                    ErrorCode::InvalidSku,
-                    "unknown SKU '{text}' (known: {})",
-                    known.join(", ")
-                )
-            })
+        Sku::ALL.into_iter().find(|s| s.as_str() == text.trim()).ok_or_else(|| {
+            let known: Vec<&str> = Sku::ALL.iter().map(|s| s.as_str()).collect();
+            err!(ErrorCode::InvalidSku, "unknown SKU '{text}' (known: {})", known.join(", "))
+        })
     }
 
     pub fn as_str(self) -> &'static str {
@@ -71,11 +64,7 @@ pub enum PoolKind {
 }
 
 impl PoolKind {
-    pub const ALL: [PoolKind; 3] = [
-        PoolKind::Domestic,
-        PoolKind::International,
-        PoolKind::Conferencing,
-    ];
+    pub const ALL: [PoolKind; 3] = [PoolKind::Domestic, PoolKind::International, PoolKind::Conferencing];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -154,22 +143,11 @@ fn read_csv(
     code: ErrorCode,
     mut row: impl FnMut(&csv::StringRecord, u64) -> Result<()>,
 ) -> Result<()> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .comment(Some(b'#'))
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let header = rdr
-        .headers()
-        .map_err(|e| err!(code, "{what}: unreadable header: {e}"))?
-        .clone();
+    let mut rdr = csv::ReaderBuilder::new().comment(Some(b'#')).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let header = rdr.headers().map_err(|e| err!(code, "{what}: unreadable header: {e}"))?.clone();
     let got: Vec<&str> = header.iter().collect();
     if got != expected_header {
-        return Err(err!(
-            code,
-            "{what}: header must be '{}', found '{}'",
-            expected_header.join(","),
-            got.join(",")
-        ));
+        return Err(err!(code, "{what}: header must be '{}', found '{}'", expected_header.join(","), got.join(",")));
     }
     for rec in rdr.records() {
         let rec = rec.map_err(|e| err!(code, "{what}: {e}"))?;
@@ -183,10 +161,7 @@ fn yes_no(text: &str) -> Result<bool> {
     match text {
         "yes" => Ok(true),
         "no" | "" => Ok(false),
-        _ => Err(err!(
-            ErrorCode::InvalidInput,
-            "expected yes or no, found '{text}'"
-        )),
+        _ => Err(err!(ErrorCode::InvalidInput, "expected yes or no, found '{text}'")),
     }
 }
 
@@ -202,14 +177,7 @@ impl Catalog {
         read_csv(
             countries_csv,
             "countries.csv",
-            &[
-                "iso2",
-                "name",
-                "calling_code",
-                "currency",
-                "emergency_numbers",
-                "zone_a",
-            ],
+            &["iso2", "name", "calling_code", "currency", "emergency_numbers", "zone_a"],
             code,
             |r, _| {
                 let country = Country::parse(&r[0])?;
@@ -229,21 +197,11 @@ impl Catalog {
         read_csv(
             skus_csv,
             "skus.csv",
-            &[
-                "sku",
-                "capability_code",
-                "includes",
-                "requires",
-                "pools",
-                "description",
-            ],
+            &["sku", "capability_code", "includes", "requires", "pools", "description"],
             code,
             |r, _| {
                 let sku = Sku::parse(&r[0])?;
-                let pools = r[4]
-                    .split_whitespace()
-                    .map(PoolKind::parse)
-                    .collect::<Result<Vec<_>>>()?;
+                let pools = r[4].split_whitespace().map(PoolKind::parse).collect::<Result<Vec<_>>>()?;
                 skus.insert(
                     sku,
                     SkuRule {
@@ -264,40 +222,25 @@ impl Catalog {
             }
         }
         let mut allowances = HashMap::new();
-        read_csv(
-            allowances_csv,
-            "allowances.csv",
-            &["country", "pool", "minutes"],
-            code,
-            |r, _| {
-                let scope = PoolScope::parse(&r[0])?;
-                let kind = PoolKind::parse(&r[1])?;
-                let minutes: i64 = r[2]
-                    .parse()
-                    .map_err(|_| err!(code, "minutes '{}' is not a whole number", &r[2]))?;
-                if minutes < 0 {
-                    return Err(err!(code, "minutes must not be negative"));
-                }
-                allowances.insert((scope, kind), minutes);
-                Ok(())
-            },
-        )?;
-        Ok(Catalog {
-            countries,
-            skus,
-            allowances,
-        })
+        read_csv(allowances_csv, "allowances.csv", &["country", "pool", "minutes"], code, |r, _| {
+            let scope = PoolScope::parse(&r[0])?;
+            let kind = PoolKind::parse(&r[1])?;
+            let minutes: i64 = r[2].parse().map_err(|_| err!(code, "minutes '{}' is not a whole number", &r[2]))?;
+            if minutes < 0 {
+                return Err(err!(code, "minutes must not be negative"));
+            }
+            allowances.insert((scope, kind), minutes);
+            Ok(())
+        })?;
+        Ok(Catalog { countries, skus, allowances })
     }
 
     /// The country, when the catalog knows it.
     pub fn country(&self, text: &str) -> Result<&CountryInfo> {
         let c = Country::parse(text)?;
-        self.countries.get(&c).ok_or_else(|| {
-            err!(
-                ErrorCode::InvalidCountry,
-                "'{text}' is not a country the catalog knows"
-            )
-        })
+        self.countries
+            .get(&c)
+            .ok_or_else(|| err!(ErrorCode::InvalidCountry, "'{text}' is not a country the catalog knows"))
     }
 
     pub fn country_info(&self, c: Country) -> Option<&CountryInfo> {
@@ -309,10 +252,7 @@ impl Catalog {
     }
 
     pub fn emergency_numbers(&self, c: Country) -> &[String] {
-        self.countries
-            .get(&c)
-            .map(|i| i.emergency_numbers.as_slice())
-            .unwrap_or(&[])
+        self.countries.get(&c).map(|i| i.emergency_numbers.as_slice()).unwrap_or(&[])
     }
 
     pub fn is_zone_a(&self, c: Country) -> bool {
@@ -333,11 +273,7 @@ impl Catalog {
     pub fn skus_feeding(&self, kind: PoolKind) -> Vec<Sku> {
         Sku::ALL
             .into_iter()
-            .filter(|s| {
-                self.effective(&[*s])
-                    .iter()
-                    .any(|e| self.sku(*e).pools.contains(&kind))
-            })
+            .filter(|s| self.effective(&[*s]).iter().any(|e| self.sku(*e).pools.contains(&kind)))
             .collect()
     }
 
@@ -366,10 +302,7 @@ impl Catalog {
                     } else {
                         ErrorCode::InvalidInput
                     };
-                    return Err(err!(
-                        code,
-                        "{s} requires {req} (directly or through a bundle such as e5)"
-                    ));
+                    return Err(err!(code, "{s} requires {req} (directly or through a bundle such as e5)"));
                 }
             }
         }
@@ -400,12 +333,7 @@ impl DeckKind {
         DeckKind::ALL
             .into_iter()
             .find(|k| k.as_str() == text)
-            .ok_or_else(|| {
-                err!(
-                    ErrorCode::InvalidInput,
-                    "unknown deck kind '{text}' (outbound, dial_out, toll_free)"
-                )
-            })
+            .ok_or_else(|| err!(ErrorCode::InvalidInput, "unknown deck kind '{text}' (outbound, dial_out, toll_free)"))
     }
 }
 
@@ -431,19 +359,11 @@ pub struct RateDeck {
     max_len: usize,
 }
 
-pub const RATE_DECK_HEADER: [&str; 6] = [
-    "prefix",
-    "name",
-    "connection_fee",
-    "rate_per_minute",
-    "increment_seconds",
-    "premium",
-];
+pub const RATE_DECK_HEADER: [&str; 6] =
+    ["prefix", "name", "connection_fee", "rate_per_minute", "increment_seconds", "premium"];
 
 fn prefix_key(digits: &str) -> u64 {
-    let value: u64 = digits
-        .bytes()
-        .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
+    let value: u64 = digits.bytes().fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
     (value << 4) | digits.len() as u64
 }
 
@@ -452,92 +372,48 @@ impl RateDeck {
         let mut index = HashMap::with_capacity(entries.len());
         let mut max_len = 0;
         for (i, e) in entries.iter().enumerate() {
-            if e.prefix.is_empty()
-                || e.prefix.len() > 15
-                || !e.prefix.bytes().all(|b| b.is_ascii_digit())
-            {
-                return Err(err!(
-                    ErrorCode::InvalidRateDeck,
-                    "prefix '{}' must be 1 to 15 digits",
-                    e.prefix
-                ));
+            if e.prefix.is_empty() || e.prefix.len() > 15 || !e.prefix.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err!(ErrorCode::InvalidRateDeck, "prefix '{}' must be 1 to 15 digits", e.prefix));
             }
             if index.insert(prefix_key(&e.prefix), i as u32).is_some() {
-                return Err(err!(
-                    ErrorCode::InvalidRateDeck,
-                    "prefix '{}' appears twice",
-                    e.prefix
-                ));
+                return Err(err!(ErrorCode::InvalidRateDeck, "prefix '{}' appears twice", e.prefix));
             }
             max_len = max_len.max(e.prefix.len());
         }
-        Ok(RateDeck {
-            kind,
-            currency,
-            entries,
-            index,
-            max_len,
-        })
+        Ok(RateDeck { kind, currency, entries, index, max_len })
     }
 
     /// Parses a deck file (`prefix,name,connection_fee,rate_per_minute,increment_seconds,premium`).
     pub fn parse_csv(kind: DeckKind, currency: Currency, text: &str) -> Result<RateDeck> {
         let mut entries = Vec::new();
-        read_csv(
-            text,
-            "rate deck",
-            &RATE_DECK_HEADER,
-            ErrorCode::InvalidRateDeck,
-            |r, _| {
-                let fee = Decimal::from_str_exact(&r[2]).map_err(|_| {
-                    err!(
-                        ErrorCode::InvalidRateDeck,
-                        "connection_fee '{}' is not a decimal",
-                        &r[2]
-                    )
-                })?;
-                let per_minute = Decimal::from_str_exact(&r[3]).map_err(|_| {
-                    err!(
-                        ErrorCode::InvalidRateDeck,
-                        "rate_per_minute '{}' is not a decimal",
-                        &r[3]
-                    )
-                })?;
-                if fee.is_sign_negative() || per_minute.is_sign_negative() {
-                    return Err(err!(
-                        ErrorCode::InvalidRateDeck,
-                        "prices must not be negative"
-                    ));
-                }
-                let increment_seconds: u32 = if r[4].is_empty() {
-                    60
-                } else {
-                    r[4].parse().map_err(|_| {
-                        err!(
-                            ErrorCode::InvalidRateDeck,
-                            "increment_seconds '{}' is not a whole number",
-                            &r[4]
-                        )
-                    })?
-                };
-                if !(1..=3600).contains(&increment_seconds) {
-                    return Err(err!(
-                        ErrorCode::InvalidRateDeck,
-                        "increment_seconds must be 1 to 3600"
-                    ));
-                }
-                entries.push(Rate {
-                    prefix: r[0].to_string(),
-                    name: r[1].to_string(),
-                    connection_fee_minor: currency.decimal_to_minor(fee)?,
-                    per_minute,
-                    increment_seconds,
-                    premium: yes_no(&r[5])
-                        .map_err(|e| err!(ErrorCode::InvalidRateDeck, "{}", e.message))?,
-                });
-                Ok(())
-            },
-        )?;
+        read_csv(text, "rate deck", &RATE_DECK_HEADER, ErrorCode::InvalidRateDeck, |r, _| {
+            let fee = Decimal::from_str_exact(&r[2])
+                .map_err(|_| err!(ErrorCode::InvalidRateDeck, "connection_fee '{}' is not a decimal", &r[2]))?;
+            let per_minute = Decimal::from_str_exact(&r[3])
+                .map_err(|_| err!(ErrorCode::InvalidRateDeck, "rate_per_minute '{}' is not a decimal", &r[3]))?;
+            if fee.is_sign_negative() || per_minute.is_sign_negative() {
+                return Err(err!(ErrorCode::InvalidRateDeck, "prices must not be negative"));
+            }
+            let increment_seconds: u32 = if r[4].is_empty() {
+                60
+            } else {
+                r[4].parse().map_err(|_| {
+                    err!(ErrorCode::InvalidRateDeck, "increment_seconds '{}' is not a whole number", &r[4])
+                })?
+            };
+            if !(1..=3600).contains(&increment_seconds) {
+                return Err(err!(ErrorCode::InvalidRateDeck, "increment_seconds must be 1 to 3600"));
+            }
+            entries.push(Rate {
+                prefix: r[0].to_string(),
+                name: r[1].to_string(),
+                connection_fee_minor: currency.decimal_to_minor(fee)?,
+                per_minute,
+                increment_seconds,
+                premium: yes_no(&r[5]).map_err(|e| err!(ErrorCode::InvalidRateDeck, "{}", e.message))?,
+            });
+            Ok(())
+        })?;
         if entries.is_empty() {
             return Err(err!(ErrorCode::InvalidRateDeck, "the deck has no rates"));
         }
@@ -550,9 +426,7 @@ impl RateDeck {
         if !digits.as_bytes()[..n].iter().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let mut value: u64 = digits.as_bytes()[..n]
-            .iter()
-            .fold(0, |acc, b| acc * 10 + u64::from(b - b'0'));
+        let mut value: u64 = digits.as_bytes()[..n].iter().fold(0, |acc, b| acc * 10 + u64::from(b - b'0'));
         for len in (1..=n).rev() {
             if let Some(&i) = self.index.get(&((value << 4) | len as u64)) {
                 return Some(&self.entries[i as usize]);

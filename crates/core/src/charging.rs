@@ -19,11 +19,7 @@ pub enum CallType {
 }
 
 impl CallType {
-    pub const ALL: [CallType; 3] = [
-        CallType::Outbound,
-        CallType::TollFreeInbound,
-        CallType::ConferenceDialOut,
-    ];
+    pub const ALL: [CallType; 3] = [CallType::Outbound, CallType::TollFreeInbound, CallType::ConferenceDialOut];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,15 +30,12 @@ impl CallType {
     }
 
     pub fn parse(text: &str) -> Result<CallType> {
-        CallType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == text.trim())
-            .ok_or_else(|| {
-                err!(
-                    ErrorCode::InvalidInput,
-                    "unknown call type '{text}' (outbound, toll_free_inbound, conference_dial_out)"
-                )
-            })
+        CallType::ALL.into_iter().find(|t| t.as_str() == text.trim()).ok_or_else(|| {
+            err!(
+                ErrorCode::InvalidInput,
+                "unknown call type '{text}' (outbound, toll_free_inbound, conference_dial_out)"
+            )
+        })
     }
 }
 
@@ -160,16 +153,10 @@ impl Funding {
     }
 
     pub fn parse(text: &str) -> Result<Funding> {
-        [
-            Funding::Plan,
-            Funding::Credits,
-            Funding::PlanAndCredits,
-            Funding::Emergency,
-            Funding::None,
-        ]
-        .into_iter()
-        .find(|f| f.as_str() == text)
-        .ok_or_else(|| err!(ErrorCode::InvalidInput, "unknown funding '{text}'"))
+        [Funding::Plan, Funding::Credits, Funding::PlanAndCredits, Funding::Emergency, Funding::None]
+            .into_iter()
+            .find(|f| f.as_str() == text)
+            .ok_or_else(|| err!(ErrorCode::InvalidInput, "unknown funding '{text}'"))
     }
 
     /// From what paid: plan minutes, and seconds on credits.
@@ -233,16 +220,9 @@ pub fn route(
             }
             let domestic = to.country() == Some(u.usage_location);
             check_policy(u.dial_out, domestic)?;
-            let kind = if domestic {
-                PoolKind::Domestic
-            } else {
-                PoolKind::International
-            };
+            let kind = if domestic { PoolKind::Domestic } else { PoolKind::International };
             let scope = PoolScope::Country(u.usage_location);
-            let has_plan = catalog
-                .skus_feeding(kind)
-                .iter()
-                .any(|s| u.licenses.contains(s))
+            let has_plan = catalog.skus_feeding(kind).iter().any(|s| u.licenses.contains(s))
                 && catalog.allowance(scope, kind) > 0
                 && !premium;
             Ok(Route {
@@ -267,10 +247,7 @@ pub fn route(
             Ok(Route {
                 deck: DeckKind::DialOut,
                 rated_number: to.clone(),
-                pool: has_plan.then_some(PoolKey {
-                    scope: PoolScope::Org,
-                    kind,
-                }),
+                pool: has_plan.then_some(PoolKey { scope: PoolScope::Org, kind }),
                 credits: credits_for(u),
                 domestic,
             })
@@ -323,17 +300,9 @@ pub fn grant(
     credits: std::result::Result<CreditOffer<'_>, DenyReason>,
 ) -> std::result::Result<Grant, DenyReason> {
     let req = requested_seconds.max(1);
-    let plan_secs_avail = plan_remaining_minutes
-        .unwrap_or(0)
-        .max(0)
-        .saturating_mul(60);
+    let plan_secs_avail = plan_remaining_minutes.unwrap_or(0).max(0).saturating_mul(60);
     if plan_secs_avail >= i64::from(req) {
-        return Ok(Grant {
-            granted_seconds: req,
-            plan_minutes: plan_minutes(req),
-            credit_seconds: 0,
-            money_minor: 0,
-        });
+        return Ok(Grant { granted_seconds: req, plan_minutes: plan_minutes(req), credit_seconds: 0, money_minor: 0 });
     }
     let plan_secs = plan_secs_avail as u32;
     let rest = req - plan_secs;
@@ -360,11 +329,7 @@ pub fn grant(
         None => offer.available_minor,
     };
     // An empty balance pays for nothing, even seconds that would round to a zero charge.
-    let credit_secs = if budget > 0 {
-        affordable_seconds(offer.rate, offer.currency, budget, rest)
-    } else {
-        0
-    };
+    let credit_secs = if budget > 0 { affordable_seconds(offer.rate, offer.currency, budget, rest) } else { 0 };
     if credit_secs == 0 {
         if plan_secs > 0 {
             return Ok(from_plan);
@@ -374,11 +339,7 @@ pub fn grant(
         } else {
             0
         };
-        return Err(if funds_alone > 0 {
-            DenyReason::SpendLimitReached
-        } else {
-            DenyReason::InsufficientFunds
-        });
+        return Err(if funds_alone > 0 { DenyReason::SpendLimitReached } else { DenyReason::InsufficientFunds });
     }
     let credit_secs = credit_secs.min(rest.max(offer.rate.increment_seconds.min(credit_secs)));
     Ok(Grant {
@@ -402,12 +363,7 @@ pub struct Settled {
 }
 
 /// Settles a duration against what a reservation holds. Never charges more than reserved.
-pub fn settle(
-    grant: &Grant,
-    rate: Option<&Rate>,
-    currency: Currency,
-    duration_seconds: u32,
-) -> Settled {
+pub fn settle(grant: &Grant, rate: Option<&Rate>, currency: Currency, duration_seconds: u32) -> Settled {
     let charged = duration_seconds.min(grant.granted_seconds);
     let plan_cover = (grant.plan_minutes.max(0) * 60).min(i64::from(u32::MAX)) as u32;
     let on_plan = charged.min(plan_cover);
@@ -455,72 +411,29 @@ mod tests {
         let r = rate("0.1000");
         assert_eq!(
             grant(300, Some(10), Ok(offer(&r, 0))).unwrap(),
-            Grant {
-                granted_seconds: 300,
-                plan_minutes: 5,
-                credit_seconds: 0,
-                money_minor: 0
-            }
+            Grant { granted_seconds: 300, plan_minutes: 5, credit_seconds: 0, money_minor: 0 }
         );
         // 2 plan minutes left, 3 more minutes from credits at 10 cents
         assert_eq!(
             grant(300, Some(2), Ok(offer(&r, 1000))).unwrap(),
-            Grant {
-                granted_seconds: 300,
-                plan_minutes: 2,
-                credit_seconds: 180,
-                money_minor: 30
-            }
+            Grant { granted_seconds: 300, plan_minutes: 2, credit_seconds: 180, money_minor: 30 }
         );
         // plan empty, no credits license
-        assert_eq!(
-            grant(300, Some(0), Err(DenyReason::NoCreditsLicense)),
-            Err(DenyReason::PlanMinutesExhausted)
-        );
-        assert_eq!(
-            grant(300, None, Err(DenyReason::NoCreditsLicense)),
-            Err(DenyReason::NoCreditsLicense)
-        );
+        assert_eq!(grant(300, Some(0), Err(DenyReason::NoCreditsLicense)), Err(DenyReason::PlanMinutesExhausted));
+        assert_eq!(grant(300, None, Err(DenyReason::NoCreditsLicense)), Err(DenyReason::NoCreditsLicense));
         // plan partly covers, no credits: grant the plan part
-        assert_eq!(
-            grant(300, Some(2), Err(DenyReason::NoCreditsLicense))
-                .unwrap()
-                .granted_seconds,
-            120
-        );
-        assert_eq!(
-            grant(300, None, Ok(offer(&r, 9))),
-            Err(DenyReason::InsufficientFunds)
-        );
+        assert_eq!(grant(300, Some(2), Err(DenyReason::NoCreditsLicense)).unwrap().granted_seconds, 120);
+        assert_eq!(grant(300, None, Ok(offer(&r, 9))), Err(DenyReason::InsufficientFunds));
         // Seconds that would round to a zero charge are still not free on an empty balance.
-        let cheap = Rate {
-            increment_seconds: 6,
-            ..rate("0.0100")
-        };
-        assert_eq!(
-            grant(300, None, Ok(offer(&cheap, 0))),
-            Err(DenyReason::InsufficientFunds)
-        );
-        assert_eq!(
-            grant(300, None, Ok(offer(&cheap, 1)))
-                .unwrap()
-                .granted_seconds,
-            84
-        );
+        let cheap = Rate { increment_seconds: 6, ..rate("0.0100") };
+        assert_eq!(grant(300, None, Ok(offer(&cheap, 0))), Err(DenyReason::InsufficientFunds));
+        assert_eq!(grant(300, None, Ok(offer(&cheap, 1))).unwrap().granted_seconds, 84);
         assert_eq!(
             grant(300, None, Ok(offer(&r, 25))).unwrap(),
-            Grant {
-                granted_seconds: 120,
-                plan_minutes: 0,
-                credit_seconds: 120,
-                money_minor: 20
-            }
+            Grant { granted_seconds: 120, plan_minutes: 0, credit_seconds: 120, money_minor: 20 }
         );
         // at least one increment even when fewer seconds are asked for
-        assert_eq!(
-            grant(10, None, Ok(offer(&r, 25))).unwrap().granted_seconds,
-            60
-        );
+        assert_eq!(grant(10, None, Ok(offer(&r, 25))).unwrap().granted_seconds, 60);
         let mut o = offer(&r, 1000);
         o.spend_left_minor = Some(5);
         assert_eq!(grant(300, None, Ok(o)), Err(DenyReason::SpendLimitReached));
@@ -530,32 +443,13 @@ mod tests {
     fn settlement_never_exceeds_the_grant() {
         let r = rate("0.1000");
         let usd = Currency::parse("USD").unwrap();
-        let g = Grant {
-            granted_seconds: 300,
-            plan_minutes: 2,
-            credit_seconds: 180,
-            money_minor: 30,
-        };
+        let g = Grant { granted_seconds: 300, plan_minutes: 2, credit_seconds: 180, money_minor: 30 };
         let s = settle(&g, Some(&r), usd, 500);
-        assert_eq!(
-            (
-                s.charged_seconds,
-                s.overrun_seconds,
-                s.plan_minutes,
-                s.charge_minor
-            ),
-            (300, 200, 2, 30)
-        );
+        assert_eq!((s.charged_seconds, s.overrun_seconds, s.plan_minutes, s.charge_minor), (300, 200, 2, 30));
         let s = settle(&g, Some(&r), usd, 90);
-        assert_eq!(
-            (s.plan_minutes, s.credit_seconds, s.charge_minor),
-            (2, 0, 0)
-        );
+        assert_eq!((s.plan_minutes, s.credit_seconds, s.charge_minor), (2, 0, 0));
         let s = settle(&g, Some(&r), usd, 121);
-        assert_eq!(
-            (s.plan_minutes, s.credit_seconds, s.charge_minor),
-            (2, 1, 10)
-        );
+        assert_eq!((s.plan_minutes, s.credit_seconds, s.charge_minor), (2, 1, 10));
         let s = settle(&g, Some(&r), usd, 0);
         assert_eq!((s.plan_minutes, s.charge_minor), (0, 0));
     }

@@ -123,8 +123,9 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             NotFound | OrgNotFound | UserNotFound | PaymentMethodNotFound | UnknownCall => 404,
-            DuplicateUpn | DuplicateNumber | DuplicateCallId | NoFreeSeat | CallAlreadyEnded
-            | IdempotencyKeyReused => 409,
+            DuplicateUpn | DuplicateNumber | DuplicateCallId | NoFreeSeat | CallAlreadyEnded | IdempotencyKeyReused => {
+                409
+            }
             PaymentDeclined | ExpiredCard => 402,
             Unauthorized => 401,
             Forbidden => 403,
@@ -150,10 +151,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-        }
+        Error { code, message: message.into() }
     }
 }
 
@@ -175,10 +173,7 @@ mod tests {
         let mut seen = HashSet::new();
         for c in ErrorCode::ALL {
             assert!(seen.insert(c.as_str()), "duplicate code {}", c);
-            assert!(c
-                .as_str()
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            assert!(c.as_str().chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
         }
     }
 }

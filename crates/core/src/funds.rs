@@ -29,21 +29,13 @@ pub fn expiry_of(purchased_at: Timestamp) -> Result<Timestamp> {
     let z = purchased_at.to_zoned_datetime(jiff::tz::TimeZone::UTC);
     z.checked_add(Span::new().months(12))
         .map(|z| z.timestamp())
-        .map_err(|e| {
-            err!(
-                ErrorCode::InvalidTime,
-                "cannot compute expiry of {purchased_at}: {e}"
-            )
-        })
+        .map_err(|e| err!(ErrorCode::InvalidTime, "cannot compute expiry of {purchased_at}: {e}"))
 }
 
 impl Lot {
     pub fn new(id: String, amount_minor: i64, purchased_at: Timestamp) -> Result<Lot> {
         if amount_minor <= 0 {
-            return Err(err!(
-                ErrorCode::InvalidAmount,
-                "a lot must hold a positive amount"
-            ));
+            return Err(err!(ErrorCode::InvalidAmount, "a lot must hold a positive amount"));
         }
         Ok(Lot {
             id,
@@ -69,9 +61,7 @@ impl Lot {
 
 /// Orders lots the way they are consumed: first to expire first, then oldest purchase.
 pub fn sort_for_spending(lots: &mut [Lot]) {
-    lots.sort_by(|a, b| {
-        (a.expires_at, a.purchased_at, &a.id).cmp(&(b.expires_at, b.purchased_at, &b.id))
-    });
+    lots.sort_by(|a, b| (a.expires_at, a.purchased_at, &a.id).cmp(&(b.expires_at, b.purchased_at, &b.id)));
 }
 
 /// Earmarks `amount_minor` on the spendable lots, first-expiring first.
@@ -79,10 +69,7 @@ pub fn sort_for_spending(lots: &mut [Lot]) {
 pub fn reserve(lots: &mut [Lot], amount_minor: i64, now: Timestamp) -> Result<Vec<(String, i64)>> {
     let total: i64 = lots.iter().map(|l| l.spendable(now)).sum();
     if amount_minor < 0 || amount_minor > total {
-        return Err(err!(
-            ErrorCode::Internal,
-            "cannot reserve {amount_minor}: {total} spendable"
-        ));
+        return Err(err!(ErrorCode::Internal, "cannot reserve {amount_minor}: {total} spendable"));
     }
     sort_for_spending(lots);
     let mut left = amount_minor;
@@ -111,27 +98,18 @@ pub struct Settlement {
 }
 
 /// Settles `charge_minor` against the earmarks of one reservation and releases the rest.
-pub fn settle(
-    lots: &mut [Lot],
-    earmarks: &[(String, i64)],
-    charge_minor: i64,
-) -> Result<Settlement> {
+pub fn settle(lots: &mut [Lot], earmarks: &[(String, i64)], charge_minor: i64) -> Result<Settlement> {
     let held: i64 = earmarks.iter().map(|(_, a)| a).sum();
     if charge_minor < 0 || charge_minor > held {
-        return Err(err!(
-            ErrorCode::Internal,
-            "charge {charge_minor} exceeds the {held} reserved"
-        ));
+        return Err(err!(ErrorCode::Internal, "charge {charge_minor} exceeds the {held} reserved"));
     }
     let mut left = charge_minor;
     let mut s = Settlement::default();
     for (lot_id, amount) in earmarks {
-        let lot = lots.iter_mut().find(|l| &l.id == lot_id).ok_or_else(|| {
-            err!(
-                ErrorCode::Internal,
-                "reservation refers to unknown lot {lot_id}"
-            )
-        })?;
+        let lot = lots
+            .iter_mut()
+            .find(|l| &l.id == lot_id)
+            .ok_or_else(|| err!(ErrorCode::Internal, "reservation refers to unknown lot {lot_id}"))?;
         let take = left.min(*amount);
         left -= take;
         lot.reserved_minor -= amount;
@@ -150,11 +128,7 @@ pub fn settle(
 }
 
 /// Charges `amount_minor` directly (no reservation), first-expiring first.
-pub fn charge_direct(
-    lots: &mut [Lot],
-    amount_minor: i64,
-    now: Timestamp,
-) -> Result<Vec<(String, i64)>> {
+pub fn charge_direct(lots: &mut [Lot], amount_minor: i64, now: Timestamp) -> Result<Vec<(String, i64)>> {
     let earmarks = reserve(lots, amount_minor, now)?;
     Ok(settle(lots, &earmarks, amount_minor)?.charged)
 }
@@ -182,22 +156,10 @@ mod tests {
 
     #[test]
     fn expiry_is_twelve_calendar_months_clamped() {
-        assert_eq!(
-            expiry_of(ts("2024-02-29T10:00:00Z")).unwrap(),
-            ts("2025-02-28T10:00:00Z")
-        );
-        assert_eq!(
-            expiry_of(ts("2025-01-31T23:59:59Z")).unwrap(),
-            ts("2026-01-31T23:59:59Z")
-        );
-        assert_eq!(
-            expiry_of(ts("2025-03-15T00:00:00Z")).unwrap(),
-            ts("2026-03-15T00:00:00Z")
-        );
-        assert_eq!(
-            expiry_of(ts("2023-02-28T08:00:00Z")).unwrap(),
-            ts("2024-02-28T08:00:00Z")
-        );
+        assert_eq!(expiry_of(ts("2024-02-29T10:00:00Z")).unwrap(), ts("2025-02-28T10:00:00Z"));
+        assert_eq!(expiry_of(ts("2025-01-31T23:59:59Z")).unwrap(), ts("2026-01-31T23:59:59Z"));
+        assert_eq!(expiry_of(ts("2025-03-15T00:00:00Z")).unwrap(), ts("2026-03-15T00:00:00Z"));
+        assert_eq!(expiry_of(ts("2023-02-28T08:00:00Z")).unwrap(), ts("2024-02-28T08:00:00Z"));
     }
 
     #[test]
@@ -208,10 +170,7 @@ mod tests {
             Lot::new("old".into(), 300, ts("2025-07-01T00:00:00Z")).unwrap(),
         ];
         let charged = charge_direct(&mut lots, 500, now).unwrap();
-        assert_eq!(
-            charged,
-            vec![("old".to_string(), 300), ("new".to_string(), 200)]
-        );
+        assert_eq!(charged, vec![("old".to_string(), 300), ("new".to_string(), 200)]);
         assert!(reserve(&mut lots, 801, now).is_err());
     }
 

@@ -12,12 +12,8 @@ pub struct Currency(iso_currency::Currency);
 impl Currency {
     pub fn parse(code: &str) -> Result<Currency> {
         let upper = code.trim().to_ascii_uppercase();
-        let c = iso_currency::Currency::from_code(&upper).ok_or_else(|| {
-            err!(
-                ErrorCode::InvalidCurrency,
-                "'{code}' is not an ISO 4217 currency code"
-            )
-        })?;
+        let c = iso_currency::Currency::from_code(&upper)
+            .ok_or_else(|| err!(ErrorCode::InvalidCurrency, "'{code}' is not an ISO 4217 currency code"))?;
         if c.exponent().is_none() {
             return Err(err!(
                 ErrorCode::InvalidCurrency,
@@ -65,10 +61,7 @@ impl Currency {
     pub fn parse_positive_major(self, text: &str) -> Result<i64> {
         let minor = self.parse_major(text)?;
         if minor <= 0 {
-            return Err(err!(
-                ErrorCode::InvalidAmount,
-                "amount must be greater than zero, got '{text}'"
-            ));
+            return Err(err!(ErrorCode::InvalidAmount, "amount must be greater than zero, got '{text}'"));
         }
         Ok(minor)
     }
@@ -82,12 +75,7 @@ impl Currency {
         let scale = self.scale().unsigned_abs();
         let sign = if minor < 0 { "-" } else { "" };
         let abs = minor.unsigned_abs();
-        format!(
-            "{sign}{}.{:0width$}",
-            abs / scale,
-            abs % scale,
-            width = exp as usize
-        )
+        format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize)
     }
 
     /// Converts a major-unit decimal (a rate-deck connection fee) to minor units,
@@ -115,10 +103,7 @@ pub struct Money {
 
 impl Money {
     pub fn new(amount_minor: i64, currency: Currency) -> Money {
-        Money {
-            amount_minor,
-            currency,
-        }
+        Money { amount_minor, currency }
     }
 
     pub fn checked_add(self, other: Money) -> Result<Money> {
@@ -127,10 +112,7 @@ impl Money {
             .amount_minor
             .checked_add(other.amount_minor)
             .ok_or_else(|| err!(ErrorCode::AmountOverflow, "sum overflows"))?;
-        Ok(Money {
-            amount_minor,
-            ..self
-        })
+        Ok(Money { amount_minor, ..self })
     }
 
     pub fn checked_sub(self, other: Money) -> Result<Money> {
@@ -139,20 +121,12 @@ impl Money {
             .amount_minor
             .checked_sub(other.amount_minor)
             .ok_or_else(|| err!(ErrorCode::AmountOverflow, "difference overflows"))?;
-        Ok(Money {
-            amount_minor,
-            ..self
-        })
+        Ok(Money { amount_minor, ..self })
     }
 
     fn same_currency(self, other: Money) -> Result<()> {
         if self.currency != other.currency {
-            return Err(err!(
-                ErrorCode::CurrencyMismatch,
-                "cannot combine {} and {}",
-                self.currency,
-                other.currency
-            ));
+            return Err(err!(ErrorCode::CurrencyMismatch, "cannot combine {} and {}", self.currency, other.currency));
         }
         Ok(())
     }
@@ -160,25 +134,18 @@ impl Money {
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}",
-            self.currency.format_minor(self.amount_minor),
-            self.currency
-        )
+        write!(f, "{} {}", self.currency.format_minor(self.amount_minor), self.currency)
     }
 }
 
 /// Adds two minor-unit amounts, failing instead of wrapping.
 pub fn add_minor(a: i64, b: i64) -> Result<i64> {
-    a.checked_add(b)
-        .ok_or_else(|| err!(ErrorCode::AmountOverflow, "amount overflows"))
+    a.checked_add(b).ok_or_else(|| err!(ErrorCode::AmountOverflow, "amount overflows"))
 }
 
 /// Subtracts two minor-unit amounts, failing instead of wrapping.
 pub fn sub_minor(a: i64, b: i64) -> Result<i64> {
-    a.checked_sub(b)
-        .ok_or_else(|| err!(ErrorCode::AmountOverflow, "amount overflows"))
+    a.checked_sub(b).ok_or_else(|| err!(ErrorCode::AmountOverflow, "amount overflows"))
 }
 
 #[cfg(test)]
@@ -195,30 +162,12 @@ mod tests {
         assert_eq!(usd().parse_major("50").unwrap(), 5000);
         assert_eq!(usd().parse_major("0.1").unwrap(), 10);
         assert_eq!(usd().parse_major("1.230").unwrap(), 123);
-        assert_eq!(
-            usd().parse_major("1.234").unwrap_err().code,
-            ErrorCode::InvalidAmount
-        );
-        assert_eq!(
-            usd().parse_major("abc").unwrap_err().code,
-            ErrorCode::InvalidAmount
-        );
-        assert_eq!(
-            usd().parse_major("1e3").unwrap_err().code,
-            ErrorCode::InvalidAmount
-        );
-        assert_eq!(
-            usd().parse_major("99999999999999999999").unwrap_err().code,
-            ErrorCode::AmountOverflow
-        );
-        assert_eq!(
-            usd().parse_positive_major("0").unwrap_err().code,
-            ErrorCode::InvalidAmount
-        );
-        assert_eq!(
-            usd().parse_positive_major("-5").unwrap_err().code,
-            ErrorCode::InvalidAmount
-        );
+        assert_eq!(usd().parse_major("1.234").unwrap_err().code, ErrorCode::InvalidAmount);
+        assert_eq!(usd().parse_major("abc").unwrap_err().code, ErrorCode::InvalidAmount);
+        assert_eq!(usd().parse_major("1e3").unwrap_err().code, ErrorCode::InvalidAmount);
+        assert_eq!(usd().parse_major("99999999999999999999").unwrap_err().code, ErrorCode::AmountOverflow);
+        assert_eq!(usd().parse_positive_major("0").unwrap_err().code, ErrorCode::InvalidAmount);
+        assert_eq!(usd().parse_positive_major("-5").unwrap_err().code, ErrorCode::InvalidAmount);
         let jpy = Currency::parse("JPY").unwrap();
         assert_eq!(jpy.parse_major("500").unwrap(), 500);
         assert!(jpy.parse_major("5.5").is_err());
@@ -234,17 +183,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_currency_and_mixing() {
-        assert_eq!(
-            Currency::parse("XXY").unwrap_err().code,
-            ErrorCode::InvalidCurrency
-        );
+        assert_eq!(Currency::parse("XXY").unwrap_err().code, ErrorCode::InvalidCurrency);
         let eur = Currency::parse("EUR").unwrap();
-        let e = Money::new(1, usd())
-            .checked_add(Money::new(1, eur))
-            .unwrap_err();
+        let e = Money::new(1, usd()).checked_add(Money::new(1, eur)).unwrap_err();
         assert_eq!(e.code, ErrorCode::CurrencyMismatch);
-        assert!(Money::new(i64::MAX, usd())
-            .checked_add(Money::new(1, usd()))
-            .is_err());
+        assert!(Money::new(i64::MAX, usd()).checked_add(Money::new(1, usd())).is_err());
     }
 }

@@ -13,15 +13,9 @@ impl Country {
     pub fn parse(text: &str) -> Result<Country> {
         let t = text.trim().as_bytes();
         if t.len() != 2 || !t.iter().all(|b| b.is_ascii_alphabetic()) {
-            return Err(err!(
-                ErrorCode::InvalidCountry,
-                "'{text}' is not an ISO 3166 alpha-2 country code"
-            ));
+            return Err(err!(ErrorCode::InvalidCountry, "'{text}' is not an ISO 3166 alpha-2 country code"));
         }
-        Ok(Country([
-            t[0].to_ascii_uppercase(),
-            t[1].to_ascii_uppercase(),
-        ]))
+        Ok(Country([t[0].to_ascii_uppercase(), t[1].to_ascii_uppercase()]))
     }
 
     pub fn as_str(&self) -> &str {
@@ -47,46 +41,23 @@ pub struct E164 {
 impl E164 {
     pub fn parse(text: &str) -> Result<E164> {
         let t = text.trim();
-        let compact: String = t
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
-            .collect();
+        let compact: String = t.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.')).collect();
         let Some(rest) = compact.strip_prefix('+') else {
             return Err(err!(
                 ErrorCode::InvalidPhoneNumber,
                 "'{text}' is not an E.164 number (it must start with '+')"
             ));
         };
-        if rest.is_empty()
-            || rest.len() > 15
-            || !rest.bytes().all(|b| b.is_ascii_digit())
-            || rest.starts_with('0')
-        {
-            return Err(err!(
-                ErrorCode::InvalidPhoneNumber,
-                "'{text}' is not an E.164 number (+ and 1 to 15 digits)"
-            ));
+        if rest.is_empty() || rest.len() > 15 || !rest.bytes().all(|b| b.is_ascii_digit()) || rest.starts_with('0') {
+            return Err(err!(ErrorCode::InvalidPhoneNumber, "'{text}' is not an E.164 number (+ and 1 to 15 digits)"));
         }
-        let parsed = phonenumber::parse(None, &compact).map_err(|e| {
-            err!(
-                ErrorCode::InvalidPhoneNumber,
-                "'{text}' is not a valid phone number: {e}"
-            )
-        })?;
+        let parsed = phonenumber::parse(None, &compact)
+            .map_err(|e| err!(ErrorCode::InvalidPhoneNumber, "'{text}' is not a valid phone number: {e}"))?;
         if !phonenumber::is_valid(&parsed) {
-            return Err(err!(
-                ErrorCode::InvalidPhoneNumber,
-                "'{text}' is not a valid number for its country"
-            ));
+            return Err(err!(ErrorCode::InvalidPhoneNumber, "'{text}' is not a valid number for its country"));
         }
-        let country = parsed
-            .country()
-            .id()
-            .and_then(|id| Country::parse(id.as_ref()).ok());
-        Ok(E164 {
-            digits: rest.to_string(),
-            country,
-        })
+        let country = parsed.country().id().and_then(|id| Country::parse(id.as_ref()).ok());
+        Ok(E164 { digits: rest.to_string(), country })
     }
 
     /// The digits after '+'.
@@ -141,36 +112,10 @@ mod tests {
         let n = E164::parse("+1 415 555 0100").unwrap();
         assert_eq!(n.digits(), "14155550100");
         assert_eq!(n.country().unwrap().as_str(), "US");
-        assert_eq!(
-            E164::parse("+442079460000")
-                .unwrap()
-                .country()
-                .unwrap()
-                .as_str(),
-            "GB"
-        );
-        assert_eq!(
-            E164::parse("+4915112345678")
-                .unwrap()
-                .country()
-                .unwrap()
-                .as_str(),
-            "DE"
-        );
-        for bad in [
-            "4155550100",
-            "+",
-            "+0123",
-            "+1234567890123456",
-            "+1abc",
-            "",
-            "+1800123456",
-        ] {
-            assert_eq!(
-                E164::parse(bad).unwrap_err().code,
-                ErrorCode::InvalidPhoneNumber,
-                "{bad}"
-            );
+        assert_eq!(E164::parse("+442079460000").unwrap().country().unwrap().as_str(), "GB");
+        assert_eq!(E164::parse("+4915112345678").unwrap().country().unwrap().as_str(), "DE");
+        for bad in ["4155550100", "+", "+0123", "+1234567890123456", "+1abc", "", "+1800123456"] {
+            assert_eq!(E164::parse(bad).unwrap_err().code, ErrorCode::InvalidPhoneNumber, "{bad}");
         }
         assert_eq!(Country::parse("us").unwrap().as_str(), "US");
         assert!(Country::parse("USA").is_err());
@@ -179,10 +124,7 @@ mod tests {
     #[test]
     fn emergency_codes_only_for_the_callers_country() {
         let us = vec!["911".to_string()];
-        assert_eq!(
-            Destination::parse("911", &us).unwrap(),
-            Destination::Emergency("911".into())
-        );
+        assert_eq!(Destination::parse("911", &us).unwrap(), Destination::Emergency("911".into()));
         assert!(Destination::parse("999", &us).is_err());
     }
 }

@@ -21,9 +21,7 @@ impl Month {
     /// The first instant of this month.
     pub fn start(self) -> Timestamp {
         let date = jiff::civil::date((self.0 / 100) as i16, (self.0 % 100) as i8, 1);
-        date.to_zoned_datetime(jiff::tz::TimeZone::UTC)
-            .map(|z| z.timestamp())
-            .unwrap_or(Timestamp::UNIX_EPOCH)
+        date.to_zoned_datetime(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 }
 
@@ -74,10 +72,7 @@ mod tests {
         let t: Timestamp = "2026-11-28T10:00:00Z".parse().unwrap();
         assert_eq!(Month::of(t), Month(202611));
         assert_eq!(Month(202611).label(), "2026-11");
-        assert_eq!(
-            Month(202612).start(),
-            "2026-12-01T00:00:00Z".parse().unwrap()
-        );
+        assert_eq!(Month(202612).start(), "2026-12-01T00:00:00Z".parse().unwrap());
         assert_eq!(crossed_thresholds(100, 79, 80), vec![80]);
         assert_eq!(crossed_thresholds(100, 70, 120), vec![80, 100]);
         assert_eq!(crossed_thresholds(100, 80, 99), Vec::<u8>::new());

@@ -22,30 +22,19 @@ pub fn charge_minor(rate: &Rate, currency: Currency, seconds: u32) -> i64 {
     // Multiply before dividing so that the only rounding is the final half-up one.
     let usage = (billable * rate.per_minute * scale / Decimal::from(60))
         .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
-    rate.connection_fee_minor
-        .saturating_add(usage.to_i64().unwrap_or(i64::MAX))
+    rate.connection_fee_minor.saturating_add(usage.to_i64().unwrap_or(i64::MAX))
 }
 
 /// The longest duration, a whole number of increments and at most `cap_seconds`
 /// rounded up to an increment, whose price fits in `budget_minor`. 0 when not even
 /// one increment fits.
-pub fn affordable_seconds(
-    rate: &Rate,
-    currency: Currency,
-    budget_minor: i64,
-    cap_seconds: u32,
-) -> u32 {
+pub fn affordable_seconds(rate: &Rate, currency: Currency, budget_minor: i64, cap_seconds: u32) -> u32 {
     let inc = rate.increment_seconds.max(1);
     let max_increments = u64::from(cap_seconds.max(1)).div_ceil(u64::from(inc));
     if budget_minor < charge_minor(rate, currency, inc) {
         return 0;
     }
-    if charge_minor(
-        rate,
-        currency,
-        (max_increments * u64::from(inc)).min(u64::from(u32::MAX)) as u32,
-    ) <= budget_minor
-    {
+    if charge_minor(rate, currency, (max_increments * u64::from(inc)).min(u64::from(u32::MAX)) as u32) <= budget_minor {
         return (max_increments * u64::from(inc)).min(u64::from(u32::MAX)) as u32;
     }
     // Binary search on the number of increments: price is monotonic in duration.

@@ -16,13 +16,7 @@ pub struct AutoRecharge {
 
 impl AutoRecharge {
     pub fn disabled() -> AutoRecharge {
-        AutoRecharge {
-            enabled: false,
-            amount_minor: 0,
-            threshold_minor: 0,
-            payment_method_id: None,
-            armed: true,
-        }
+        AutoRecharge { enabled: false, amount_minor: 0, threshold_minor: 0, payment_method_id: None, armed: true }
     }
 
     /// Observes the available balance after a change; true means: place one order now.

@@ -24,10 +24,7 @@ pub fn parse_email(text: &str) -> Result<String> {
         None => false,
     };
     if !ok || t.len() > 254 {
-        return Err(err!(
-            ErrorCode::InvalidEmail,
-            "'{text}' is not an e-mail address"
-        ));
+        return Err(err!(ErrorCode::InvalidEmail, "'{text}' is not an e-mail address"));
     }
     Ok(t.to_ascii_lowercase())
 }
@@ -35,10 +32,7 @@ pub fn parse_email(text: &str) -> Result<String> {
 fn non_empty(what: &str, text: &str) -> Result<String> {
     let t = text.trim();
     if t.is_empty() || t.len() > 200 {
-        return Err(err!(
-            ErrorCode::InvalidInput,
-            "{what} must be 1 to 200 characters"
-        ));
+        return Err(err!(ErrorCode::InvalidInput, "{what} must be 1 to 200 characters"));
     }
     Ok(t.to_string())
 }
@@ -55,10 +49,7 @@ pub(crate) fn create_org(
     let name = non_empty("name", name)?;
     let cur = Currency::parse(currency)?;
     let country = engine.catalog().country(country)?.country;
-    let emails = emails
-        .iter()
-        .map(|e| parse_email(e))
-        .collect::<Result<Vec<_>>>()?;
+    let emails = emails.iter().map(|e| parse_email(e)).collect::<Result<Vec<_>>>()?;
     // Refuse a currency without decks early: no call could ever be priced.
     engine.deck(commcredits_core::catalog::DeckKind::Outbound, cur)?;
     let id = new_id();
@@ -98,10 +89,7 @@ pub(crate) fn update_org(
 ) -> Result<Outcome> {
     let mut o = org(tx, org_id)?;
     if let Some(emails) = emails {
-        o.notification_emails = emails
-            .iter()
-            .map(|e| parse_email(e))
-            .collect::<Result<Vec<_>>>()?;
+        o.notification_emails = emails.iter().map(|e| parse_email(e)).collect::<Result<Vec<_>>>()?;
     }
     if let Some(level) = low_balance {
         let cur = Currency::parse(&o.currency)?;
@@ -127,13 +115,9 @@ pub fn find_user(tx: &mut dyn Tx, org_id: &str, text: &str) -> Result<UserRow> {
             return Ok(u);
         }
     }
-    Err(err!(
-        ErrorCode::UserNotFound,
-        "no user '{text}' in this organization"
-    ))
+    Err(err!(ErrorCode::UserNotFound, "no user '{text}' in this organization"))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn create_user(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -150,10 +134,7 @@ pub(crate) fn create_user(
     let location = engine.catalog().country(usage_location)?.country;
     let phone = phone_number.map(E164::parse).transpose()?;
     if tx.get_user_by_upn(org_id, &upn)?.is_some() {
-        return Err(err!(
-            ErrorCode::DuplicateUpn,
-            "a user with UPN '{upn}' already exists"
-        ));
+        return Err(err!(ErrorCode::DuplicateUpn, "a user with UPN '{upn}' already exists"));
     }
     let id = new_id();
     if let Some(p) = &phone {
@@ -208,10 +189,7 @@ pub(crate) fn update_user(engine: &Engine, tx: &mut dyn Tx, c: &UserChanges) -> 
             Some(text) => {
                 let v = cur.parse_major(text)?;
                 if v < 0 {
-                    return Err(err!(
-                        ErrorCode::InvalidAmount,
-                        "a spend limit cannot be negative"
-                    ));
+                    return Err(err!(ErrorCode::InvalidAmount, "a spend limit cannot be negative"));
                 }
                 Some(v)
             }
@@ -232,17 +210,10 @@ pub(crate) fn add_subscription(
     org(tx, org_id)?;
     let sku = Sku::parse(sku)?;
     if quantity <= 0 || quantity > 1_000_000 {
-        return Err(err!(
-            ErrorCode::InvalidInput,
-            "quantity must be 1 to 1000000"
-        ));
+        return Err(err!(ErrorCode::InvalidInput, "quantity must be 1 to 1000000"));
     }
-    let current = tx
-        .list_subscriptions(org_id)?
-        .into_iter()
-        .find(|(s, _)| s == sku.as_str())
-        .map(|(_, q)| q)
-        .unwrap_or(0);
+    let current =
+        tx.list_subscriptions(org_id)?.into_iter().find(|(s, _)| s == sku.as_str()).map(|(_, q)| q).unwrap_or(0);
     tx.set_subscription(org_id, sku.as_str(), current + quantity)?;
     Ok(Outcome::Count((current + quantity) as usize))
 }
@@ -255,10 +226,7 @@ fn parse_skus(skus: &[String]) -> Result<Vec<Sku>> {
 }
 
 fn held(tx: &mut dyn Tx, org_id: &str, user_id: &str) -> Result<Vec<Sku>> {
-    tx.user_licenses(org_id, user_id)?
-        .iter()
-        .map(|s| Sku::parse(s))
-        .collect()
+    tx.user_licenses(org_id, user_id)?.iter().map(|s| Sku::parse(s)).collect()
 }
 
 /// Checks seats for the licenses `adding` (sku -> number of new assignments).
@@ -268,11 +236,7 @@ fn check_seats(tx: &mut dyn Tx, org_id: &str, adding: &[(Sku, i64)]) -> Result<(
         if *n == 0 {
             continue;
         }
-        let quantity = subs
-            .iter()
-            .find(|(s, _)| s == sku.as_str())
-            .map(|(_, q)| *q)
-            .unwrap_or(0);
+        let quantity = subs.iter().find(|(s, _)| s == sku.as_str()).map(|(_, q)| *q).unwrap_or(0);
         let used = tx.seats_used(org_id, sku.as_str())?;
         if used + n > quantity {
             return Err(err!(
@@ -297,11 +261,7 @@ pub(crate) fn set_licenses(
     let wanted = parse_skus(skus)?;
     engine.catalog().check_requirements(&wanted)?;
     let current = held(tx, org_id, &u.user_id)?;
-    let adding: Vec<(Sku, i64)> = wanted
-        .iter()
-        .filter(|s| !current.contains(s))
-        .map(|s| (*s, 1))
-        .collect();
+    let adding: Vec<(Sku, i64)> = wanted.iter().filter(|s| !current.contains(s)).map(|s| (*s, 1)).collect();
     check_seats(tx, org_id, &adding)?;
     let names: Vec<String> = wanted.iter().map(|s| s.as_str().to_string()).collect();
     tx.set_user_licenses(org_id, &u.user_id, &names)?;
@@ -361,10 +321,7 @@ fn claim_number(
     now: Timestamp,
 ) -> Result<()> {
     if tx.get_number(org_id, number)?.is_some() {
-        return Err(err!(
-            ErrorCode::DuplicateNumber,
-            "{number} is already in use in this organization"
-        ));
+        return Err(err!(ErrorCode::DuplicateNumber, "{number} is already in use in this organization"));
     }
     tx.insert_number(&NumberRow {
         org_id: org_id.into(),
@@ -387,10 +344,7 @@ pub(crate) fn add_number(
     org(tx, org_id)?;
     let n = E164::parse(number)?;
     if !matches!(kind, "user" | "service" | "toll_free") {
-        return Err(err!(
-            ErrorCode::InvalidInput,
-            "number kind must be user, service or toll_free, not '{kind}'"
-        ));
+        return Err(err!(ErrorCode::InvalidInput, "number kind must be user, service or toll_free, not '{kind}'"));
     }
     let user_id = match user {
         Some(u) => Some(find_user(tx, org_id, u)?.user_id),
@@ -430,12 +384,7 @@ pub(crate) fn add_card(
     Ok(Outcome::Created { id })
 }
 
-pub(crate) fn add_agreement(
-    tx: &mut dyn Tx,
-    org_id: &str,
-    agreement: &str,
-    now: Timestamp,
-) -> Result<Outcome> {
+pub(crate) fn add_agreement(tx: &mut dyn Tx, org_id: &str, agreement: &str, now: Timestamp) -> Result<Outcome> {
     org(tx, org_id)?;
     let agreement = non_empty("agreement number", agreement)?;
     let id = new_id();
@@ -462,20 +411,8 @@ mod tests {
     #[test]
     fn emails() {
         assert_eq!(parse_email(" Ada@Example.com ").unwrap(), "ada@example.com");
-        for bad in [
-            "ada",
-            "ada@",
-            "@x.com",
-            "a b@x.com",
-            "a@x",
-            "a@.com",
-            "a@x.com.",
-        ] {
-            assert_eq!(
-                parse_email(bad).unwrap_err().code,
-                ErrorCode::InvalidEmail,
-                "{bad}"
-            );
+        for bad in ["ada", "ada@", "@x.com", "a b@x.com", "a@x", "a@.com", "a@x.com."] {
+            assert_eq!(parse_email(bad).unwrap_err().code, ErrorCode::InvalidEmail, "{bad}");
         }
     }
 }

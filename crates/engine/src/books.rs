@@ -3,9 +3,7 @@
 //! [`Books`], which writes the ledger entry next to the change and keeps
 //! `balance = sum(lot remaining)` and `reserved = sum(lot reserved)`.
 
-use crate::notices::{
-    self, BALANCE_EXHAUSTED, FUNDS_EXPIRING, LOW_BALANCE, RECHARGE_FAILED, RECHARGE_SUCCEEDED,
-};
+use crate::notices::{self, BALANCE_EXHAUSTED, FUNDS_EXPIRING, LOW_BALANCE, RECHARGE_FAILED, RECHARGE_SUCCEEDED};
 use crate::payments::PaymentFailure;
 use crate::views::OrderView;
 use crate::{internal, new_id, org, Effects, Engine, Outcome};
@@ -25,24 +23,15 @@ pub(crate) struct Books {
 }
 
 pub(crate) fn encode_earmarks(e: &[(String, i64)]) -> String {
-    e.iter()
-        .map(|(l, a)| format!("{l}:{a}"))
-        .collect::<Vec<_>>()
-        .join(";")
+    e.iter().map(|(l, a)| format!("{l}:{a}")).collect::<Vec<_>>().join(";")
 }
 
 pub(crate) fn decode_earmarks(text: &str) -> Result<Vec<(String, i64)>> {
     text.split(';')
         .filter(|s| !s.is_empty())
         .map(|p| {
-            let (l, a) = p
-                .rsplit_once(':')
-                .ok_or_else(|| internal(format!("bad earmark '{p}'")))?;
-            Ok((
-                l.to_string(),
-                a.parse()
-                    .map_err(|_| internal(format!("bad earmark '{p}'")))?,
-            ))
+            let (l, a) = p.rsplit_once(':').ok_or_else(|| internal(format!("bad earmark '{p}'")))?;
+            Ok((l.to_string(), a.parse().map_err(|_| internal(format!("bad earmark '{p}'")))?))
         })
         .collect()
 }
@@ -65,22 +54,11 @@ impl Books {
     pub fn load(tx: &mut dyn Tx, org_id: &str, now: Timestamp) -> Result<Books> {
         tx.lock_org(org_id)?;
         let org = org(tx, org_id)?;
-        let account = tx
-            .get_account(org_id)?
-            .ok_or_else(|| internal(format!("organization {org_id} has no account")))?;
+        let account =
+            tx.get_account(org_id)?.ok_or_else(|| internal(format!("organization {org_id} has no account")))?;
         let currency = Currency::parse(&account.currency)?;
-        let lots = tx
-            .open_lots(org_id)?
-            .into_iter()
-            .map(lot_from_row)
-            .collect();
-        let mut b = Books {
-            org,
-            account,
-            currency,
-            lots,
-            dirty: Vec::new(),
-        };
+        let lots = tx.open_lots(org_id)?.into_iter().map(lot_from_row).collect();
+        let mut b = Books { org, account, currency, lots, dirty: Vec::new() };
         b.expire_due(tx, now)?;
         Ok(b)
     }
@@ -243,16 +221,7 @@ impl Books {
             .checked_add(amount)
             .ok_or_else(|| err!(ErrorCode::AmountOverflow, "balance overflows"))?;
         self.account.exhausted_notified = false;
-        self.ledger(
-            tx,
-            "purchase",
-            amount,
-            Some(&id),
-            None,
-            Some(order_id),
-            now,
-            memo,
-        )?;
+        self.ledger(tx, "purchase", amount, Some(&id), None, Some(order_id), now, memo)?;
         // A purchase recorded with a past date may already be due.
         self.expire_due(tx, now)?;
         Ok(id)
@@ -270,13 +239,7 @@ impl Books {
 
     /// After any change of money: the auto-recharge decision, low-balance and
     /// exhausted notices. `exhausted` says a call was refused or cut for lack of funds.
-    pub fn after_change(
-        &mut self,
-        tx: &mut dyn Tx,
-        now: Timestamp,
-        fx: &mut Effects,
-        exhausted: bool,
-    ) -> Result<()> {
+    pub fn after_change(&mut self, tx: &mut dyn Tx, now: Timestamp, fx: &mut Effects, exhausted: bool) -> Result<()> {
         self.after_change_funded(tx, now, fx, exhausted, false)
     }
 
@@ -300,10 +263,7 @@ impl Books {
                     &org_id,
                     LOW_BALANCE,
                     now,
-                    format!(
-                        "Communications Credits balance is low: {} {cur}",
-                        cur.format_minor(available)
-                    ),
+                    format!("Communications Credits balance is low: {} {cur}", cur.format_minor(available)),
                     format!(
                         "The available balance is {} {cur}, below the warning level of {} {cur}.",
                         cur.format_minor(available),
@@ -359,11 +319,7 @@ impl Books {
 
     pub fn save(&mut self, tx: &mut dyn Tx) -> Result<()> {
         for id in std::mem::take(&mut self.dirty) {
-            let lot = self
-                .lots
-                .iter()
-                .find(|l| l.id == id)
-                .ok_or_else(|| internal("dirty lot vanished"))?;
+            let lot = self.lots.iter().find(|l| l.id == id).ok_or_else(|| internal("dirty lot vanished"))?;
             tx.update_lot(&LotRow {
                 org_id: self.org.org_id.clone(),
                 lot_id: lot.id.clone(),
@@ -386,11 +342,7 @@ impl Books {
         {
             return Err(internal(format!(
                 "books out of balance for {}: balance {} vs lots {}, reserved {} vs lots {}",
-                self.org.org_id,
-                self.account.balance_minor,
-                sum_remaining,
-                self.account.reserved_minor,
-                sum_reserved
+                self.org.org_id, self.account.balance_minor, sum_remaining, self.account.reserved_minor, sum_reserved
             )));
         }
         tx.update_account(&self.account)
@@ -414,7 +366,6 @@ fn check_minimum(engine: &Engine, cur: Currency, amount: i64, what: &str) -> Res
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn place_order(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -430,12 +381,9 @@ pub(crate) fn place_order(
     let cur = Currency::parse(&o.currency)?;
     let amount_minor = cur.parse_positive_major(amount)?;
     check_minimum(engine, cur, amount_minor, "the amount")?;
-    let pm = tx.get_payment_method(org_id, pm_id)?.ok_or_else(|| {
-        err!(
-            ErrorCode::PaymentMethodNotFound,
-            "no payment method '{pm_id}' in this organization"
-        )
-    })?;
+    let pm = tx
+        .get_payment_method(org_id, pm_id)?
+        .ok_or_else(|| err!(ErrorCode::PaymentMethodNotFound, "no payment method '{pm_id}' in this organization"))?;
     let po = po.map(str::trim).filter(|p| !p.is_empty());
     if po.is_some() && pm.kind != "enterprise_agreement" {
         return Err(err!(
@@ -477,9 +425,8 @@ pub(crate) fn complete_order(
     fx: &mut Effects,
 ) -> Result<Outcome> {
     let mut b = Books::load(tx, org_id, now)?;
-    let mut order = tx
-        .get_order(org_id, order_id)?
-        .ok_or_else(|| err!(ErrorCode::NotFound, "no order '{order_id}'"))?;
+    let mut order =
+        tx.get_order(org_id, order_id)?.ok_or_else(|| err!(ErrorCode::NotFound, "no order '{order_id}'"))?;
     if order.status != "pending" {
         // Completed already (a retry after a crash): change nothing.
         return Ok(Outcome::Order(OrderView::from(&order)));
@@ -489,14 +436,7 @@ pub(crate) fn complete_order(
     match result {
         Ok(receipt) => {
             let memo = format!("{} order {} ({receipt})", order.kind, order.order_id);
-            let lot = b.add_lot(
-                tx,
-                order.amount_minor,
-                &order.order_id,
-                order.created_at,
-                now,
-                memo,
-            )?;
+            let lot = b.add_lot(tx, order.amount_minor, &order.order_id, order.created_at, now, memo)?;
             order.status = "succeeded".into();
             order.lot_id = Some(lot);
             if order.kind == "auto_recharge" {
@@ -505,10 +445,7 @@ pub(crate) fn complete_order(
                     org_id,
                     RECHARGE_SUCCEEDED,
                     now,
-                    format!(
-                        "Communications Credits recharged: {} {cur}",
-                        cur.format_minor(order.amount_minor)
-                    ),
+                    format!("Communications Credits recharged: {} {cur}", cur.format_minor(order.amount_minor)),
                     format!(
                         "An automatic recharge of {} {cur} succeeded. The new balance is {} {cur}.",
                         cur.format_minor(order.amount_minor),
@@ -547,7 +484,6 @@ pub(crate) fn complete_order(
     Ok(Outcome::Order(OrderView::from(&order)))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn set_auto_recharge(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -567,34 +503,20 @@ pub(crate) fn set_auto_recharge(
     if let Some(t) = threshold {
         let v = cur.parse_major(t)?;
         if v < 0 {
-            return Err(err!(
-                ErrorCode::InvalidAmount,
-                "the threshold cannot be negative"
-            ));
+            return Err(err!(ErrorCode::InvalidAmount, "the threshold cannot be negative"));
         }
         b.account.ar_threshold_minor = v;
     }
     if let Some(pm) = pm_id {
         if tx.get_payment_method(org_id, pm)?.is_none() {
-            return Err(err!(
-                ErrorCode::PaymentMethodNotFound,
-                "no payment method '{pm}' in this organization"
-            ));
+            return Err(err!(ErrorCode::PaymentMethodNotFound, "no payment method '{pm}' in this organization"));
         }
         b.account.ar_payment_method_id = Some(pm.to_string());
     }
     if enabled {
-        check_minimum(
-            engine,
-            cur,
-            b.account.ar_amount_minor,
-            "the recharge amount",
-        )?;
+        check_minimum(engine, cur, b.account.ar_amount_minor, "the recharge amount")?;
         if b.account.ar_payment_method_id.is_none() {
-            return Err(err!(
-                ErrorCode::PaymentMethodNotFound,
-                "auto-recharge needs a payment method"
-            ));
+            return Err(err!(ErrorCode::PaymentMethodNotFound, "auto-recharge needs a payment method"));
         }
     }
     b.account.ar_enabled = enabled;
@@ -630,26 +552,24 @@ pub(crate) fn notify_expiring(
 ) -> Result<Outcome> {
     let mut b = Books::load(tx, org_id, now)?;
     let horizon = now
-        .checked_add(jiff::SignedDuration::from_hours(
-            24 * engine.config.expiring_notice_days,
-        ))
+        .checked_add(jiff::SignedDuration::from_hours(24 * engine.config.expiring_notice_days))
         .map_err(|e| internal(e.to_string()))?;
     let cur = b.currency;
     let mut n = 0;
     if let Some(i) = b.lots.iter().position(|l| l.id == lot_id) {
         let lot = &b.lots[i];
-        if !lot.expired
-            && !lot.expiring_notified
-            && lot.remaining_minor > 0
-            && lot.expires_at <= horizon
-        {
+        if !lot.expired && !lot.expiring_notified && lot.remaining_minor > 0 && lot.expires_at <= horizon {
             let (remaining, expires_at) = (lot.remaining_minor, lot.expires_at);
             notices::write(
                 tx,
                 org_id,
                 FUNDS_EXPIRING,
                 now,
-                format!("{} {cur} of Communications Credits expire on {}", cur.format_minor(remaining), expires_at.strftime("%Y-%m-%d")),
+                format!(
+                    "{} {cur} of Communications Credits expire on {}",
+                    cur.format_minor(remaining),
+                    expires_at.strftime("%Y-%m-%d")
+                ),
                 format!(
                     "Funds of {} {cur} purchased on {} expire on {} UTC. Unused funds are written off at expiry.",
                     cur.format_minor(remaining),
@@ -672,9 +592,8 @@ impl Engine {
     /// result. Safe to repeat: a completed order is left as it is.
     pub fn charge_order(&self, org_id: &str, order_id: &str, now: Timestamp) -> Result<OrderView> {
         let (order, pm) = self.read(|tx| {
-            let o = tx
-                .get_order(org_id, order_id)?
-                .ok_or_else(|| err!(ErrorCode::NotFound, "no order '{order_id}'"))?;
+            let o =
+                tx.get_order(org_id, order_id)?.ok_or_else(|| err!(ErrorCode::NotFound, "no order '{order_id}'"))?;
             let pm = tx.get_payment_method(org_id, &o.payment_method_id)?;
             Ok((o, pm))
         })?;
@@ -682,26 +601,15 @@ impl Engine {
             return Ok(OrderView::from(&order));
         }
         let result = match pm {
-            Some(pm) => self.gateway().charge(
-                &order.order_id,
-                order.amount_minor,
-                &order.currency,
-                &pm,
-                now,
-            ),
+            Some(pm) => self.gateway().charge(&order.order_id, order.amount_minor, &order.currency, &pm, now),
             None => Err(PaymentFailure {
                 code: ErrorCode::PaymentMethodNotFound,
                 message: "the payment method no longer exists".into(),
             }),
         };
-        match self.apply_one(
-            now,
-            crate::Command::CompleteOrder {
-                org: org_id.into(),
-                order_id: order_id.into(),
-                result,
-            },
-        )? {
+        match self
+            .apply_one(now, crate::Command::CompleteOrder { org: org_id.into(), order_id: order_id.into(), result })?
+        {
             Outcome::Order(v) => Ok(v),
             _ => Err(internal("unexpected outcome")),
         }
@@ -732,9 +640,7 @@ impl Engine {
             return Err(internal("unexpected outcome"));
         };
         // `apply` already sent it to the gateway; read the result.
-        let order = self
-            .read(|tx| tx.get_order(org_id, &placed.id))?
-            .ok_or_else(|| internal("order vanished"))?;
+        let order = self.read(|tx| tx.get_order(org_id, &placed.id))?.ok_or_else(|| internal("order vanished"))?;
         if order.status == "failed" {
             let code = match order.failure_reason.as_deref() {
                 Some("expired_card") => ErrorCode::ExpiredCard,

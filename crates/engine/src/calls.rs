@@ -13,9 +13,7 @@ use commcredits_core::money::Currency;
 use commcredits_core::phone::{Country, Destination, E164};
 use commcredits_core::pools::{crossed_thresholds, remaining_minutes, Month, PoolKey};
 use commcredits_core::{err, ErrorCode, Result, Timestamp};
-use commcredits_store::{
-    CdrRow, DenialRow, OrgRow, PoolUsageRow, ReservationRow, Tx, UserRow, UserSpendRow,
-};
+use commcredits_store::{CdrRow, DenialRow, OrgRow, PoolUsageRow, ReservationRow, Tx, UserRow, UserSpendRow};
 use rust_decimal::Decimal;
 use serde_json::json;
 
@@ -56,10 +54,7 @@ pub(crate) struct PoolState {
 
 pub(crate) fn validate_call_id(call_id: &str) -> Result<()> {
     if call_id.is_empty() || call_id.len() > 128 || !call_id.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(err!(
-            ErrorCode::InvalidInput,
-            "call id must be 1 to 128 printable characters without spaces"
-        ));
+        return Err(err!(ErrorCode::InvalidInput, "call id must be 1 to 128 printable characters without spaces"));
     }
     Ok(())
 }
@@ -69,18 +64,8 @@ fn pool_kind_str(k: PoolKind) -> &'static str {
 }
 
 /// The size of a pool this month: licensed users (of the country) × allowance.
-pub(crate) fn pool_size(
-    engine: &Engine,
-    tx: &mut dyn Tx,
-    org_id: &str,
-    key: PoolKey,
-) -> Result<i64> {
-    let skus: Vec<String> = engine
-        .catalog()
-        .skus_feeding(key.kind)
-        .iter()
-        .map(|s| s.as_str().to_string())
-        .collect();
+pub(crate) fn pool_size(engine: &Engine, tx: &mut dyn Tx, org_id: &str, key: PoolKey) -> Result<i64> {
+    let skus: Vec<String> = engine.catalog().skus_feeding(key.kind).iter().map(|s| s.as_str().to_string()).collect();
     let country = match key.scope {
         PoolScope::Country(c) => Some(c.to_string()),
         PoolScope::Org => None,
@@ -97,9 +82,8 @@ pub(crate) fn load_pool(
     month: Month,
 ) -> Result<PoolState> {
     let size = pool_size(engine, tx, org_id, key)?;
-    let row = tx
-        .get_pool_usage(org_id, month.0, key.scope.as_str(), pool_kind_str(key.kind))?
-        .unwrap_or(PoolUsageRow {
+    let row =
+        tx.get_pool_usage(org_id, month.0, key.scope.as_str(), pool_kind_str(key.kind))?.unwrap_or(PoolUsageRow {
             org_id: org_id.into(),
             scope: key.scope.as_str().into(),
             kind: key.kind.as_str().into(),
@@ -113,11 +97,8 @@ pub(crate) fn load_pool(
 }
 
 fn call_user(engine: &Engine, tx: &mut dyn Tx, u: &UserRow) -> Result<CallUser> {
-    let held: Vec<Sku> = tx
-        .user_licenses(&u.org_id, &u.user_id)?
-        .iter()
-        .map(|s| Sku::parse(s))
-        .collect::<Result<_>>()?;
+    let held: Vec<Sku> =
+        tx.user_licenses(&u.org_id, &u.user_id)?.iter().map(|s| Sku::parse(s)).collect::<Result<_>>()?;
     Ok(CallUser {
         usage_location: Country::parse(&u.usage_location)?,
         licenses: engine.catalog().effective(&held),
@@ -141,10 +122,7 @@ pub(crate) fn prepare(
     let call_type = CallType::parse(&req.call_type)?;
     if let Some(s) = req.requested_seconds {
         if s > MAX_REQUESTED_SECONDS {
-            return Err(err!(
-                ErrorCode::InvalidInput,
-                "requested_seconds must be at most {MAX_REQUESTED_SECONDS}"
-            ));
+            return Err(err!(ErrorCode::InvalidInput, "requested_seconds must be at most {MAX_REQUESTED_SECONDS}"));
         }
     }
     let currency = Currency::parse(&org.currency)?;
@@ -165,9 +143,7 @@ pub(crate) fn prepare(
         }
         (_, Some(text)) => match admin::find_user(tx, &org.org_id, text) {
             Ok(u) => Some(u),
-            Err(e) if e.code == ErrorCode::UserNotFound => {
-                return Ok(Err((DenyReason::UnknownUser, None)))
-            }
+            Err(e) if e.code == ErrorCode::UserNotFound => return Ok(Err((DenyReason::UnknownUser, None))),
             Err(e) => return Err(e),
         },
     };
@@ -177,13 +153,9 @@ pub(crate) fn prepare(
         Some(u) => Country::parse(&u.usage_location)?,
         None => org_country,
     };
-    let emergency_codes: &[String] = if call_type == CallType::TollFreeInbound {
-        &[]
-    } else {
-        engine.catalog().emergency_numbers(caller_country)
-    };
-    let dest = Destination::parse(&req.to, emergency_codes)
-        .map_err(|e| err!(e.code, "to: {}", e.message))?;
+    let emergency_codes: &[String] =
+        if call_type == CallType::TollFreeInbound { &[] } else { engine.catalog().emergency_numbers(caller_country) };
+    let dest = Destination::parse(&req.to, emergency_codes).map_err(|e| err!(e.code, "to: {}", e.message))?;
     let mut priced = Priced {
         call_type,
         user: user.clone(),
@@ -212,7 +184,7 @@ pub(crate) fn prepare(
     }
     if call_type == CallType::TollFreeInbound {
         let ours = tx.get_number(&org.org_id, &to.to_string())?;
-        if !ours.is_some_and(|n| n.kind == "toll_free") {
+        if ours.is_none_or(|n| n.kind != "toll_free") {
             return Ok(Err((DenyReason::UnknownNumber, None)));
         }
     }
@@ -226,22 +198,11 @@ pub(crate) fn prepare(
         CallType::TollFreeInbound => commcredits_core::catalog::DeckKind::TollFree,
     };
     let deck = engine.deck(deck_kind, currency)?;
-    let rated = if call_type == CallType::TollFreeInbound {
-        &from
-    } else {
-        &to
-    };
+    let rated = if call_type == CallType::TollFreeInbound { &from } else { &to };
     let Some(rate) = deck.lookup(rated.digits()).cloned() else {
         return Ok(Err((DenyReason::DestinationNotAllowed, user)));
     };
-    let route = match charging::route(
-        engine.catalog(),
-        call_type,
-        cu.as_ref(),
-        Some(&from),
-        &to,
-        rate.premium,
-    ) {
+    let route = match charging::route(engine.catalog(), call_type, cu.as_ref(), Some(&from), &to, rate.premium) {
         Ok(r) => r,
         Err(reason) => return Ok(Err((reason, user))),
     };
@@ -250,15 +211,13 @@ pub(crate) fn prepare(
     }
     if let (Some(u), Ok(())) = (&user, route.credits) {
         if let Some(limit) = u.spend_limit_minor {
-            let row = tx
-                .get_user_spend(&org.org_id, &u.user_id, month.0)?
-                .unwrap_or(UserSpendRow {
-                    org_id: org.org_id.clone(),
-                    user_id: u.user_id.clone(),
-                    month: month.0,
-                    spent_minor: 0,
-                    reserved_minor: 0,
-                });
+            let row = tx.get_user_spend(&org.org_id, &u.user_id, month.0)?.unwrap_or(UserSpendRow {
+                org_id: org.org_id.clone(),
+                user_id: u.user_id.clone(),
+                month: month.0,
+                spent_minor: 0,
+                reserved_minor: 0,
+            });
             priced.spend = Some((limit, row));
         }
     }
@@ -275,26 +234,15 @@ pub(crate) fn decide(
     spendable: i64,
     own: (i64, i64),
 ) -> std::result::Result<Grant, DenyReason> {
-    let route = priced
-        .route
-        .as_ref()
-        .ok_or(DenyReason::DestinationNotAllowed)?;
-    let rate = priced
-        .rate
-        .as_ref()
-        .ok_or(DenyReason::DestinationNotAllowed)?;
-    let plan = priced
-        .pool
-        .as_ref()
-        .map(|p| remaining_minutes(p.size, p.row.used_minutes, p.row.reserved_minutes - own.0));
+    let route = priced.route.as_ref().ok_or(DenyReason::DestinationNotAllowed)?;
+    let rate = priced.rate.as_ref().ok_or(DenyReason::DestinationNotAllowed)?;
+    let plan =
+        priced.pool.as_ref().map(|p| remaining_minutes(p.size, p.row.used_minutes, p.row.reserved_minutes - own.0));
     let credits = route.credits.map(|()| CreditOffer {
         rate,
         currency: priced.currency,
         available_minor: spendable + own.1,
-        spend_left_minor: priced
-            .spend
-            .as_ref()
-            .map(|(limit, s)| limit - s.spent_minor - (s.reserved_minor - own.1)),
+        spend_left_minor: priced.spend.as_ref().map(|(limit, s)| limit - s.spent_minor - (s.reserved_minor - own.1)),
     });
     charging::grant(requested, plan, credits)
 }
@@ -315,9 +263,7 @@ fn view(priced: Option<&Priced>, call_id: &str, currency: Currency, to: &str) ->
         reserved_amount: 0,
         destination: to.into(),
         destination_name: rate.map(|r| r.name.clone()),
-        pool: priced
-            .and_then(|p| p.pool.as_ref())
-            .map(|p| format!("{}/{}", p.key.scope.as_str(), p.key.kind.as_str())),
+        pool: priced.and_then(|p| p.pool.as_ref()).map(|p| format!("{}/{}", p.key.scope.as_str(), p.key.kind.as_str())),
     }
 }
 
@@ -325,13 +271,9 @@ fn allow_view(priced: &Priced, call_id: &str, g: &Grant) -> AuthorizeView {
     let mut v = view(Some(priced), call_id, priced.currency, &priced.to);
     v.decision = "allow".into();
     v.granted_seconds = g.granted_seconds;
-    v.funding = if priced.emergency {
-        Funding::Emergency
-    } else {
-        Funding::of(g.plan_minutes, g.credit_seconds)
-    }
-    .as_str()
-    .into();
+    v.funding = if priced.emergency { Funding::Emergency } else { Funding::of(g.plan_minutes, g.credit_seconds) }
+        .as_str()
+        .into();
     if priced.emergency {
         v.rate_per_minute = Some("0".into());
         v.destination_name = Some("Emergency".into());
@@ -341,57 +283,29 @@ fn allow_view(priced: &Priced, call_id: &str, g: &Grant) -> AuthorizeView {
     v
 }
 
-fn deny_view(
-    priced: Option<&Priced>,
-    req: &AuthorizeRequest,
-    currency: Currency,
-    reason: DenyReason,
-) -> AuthorizeView {
-    let mut v = view(
-        priced,
-        &req.call_id,
-        currency,
-        priced.map(|p| p.to.as_str()).unwrap_or(req.to.as_str()),
-    );
+fn deny_view(priced: Option<&Priced>, req: &AuthorizeRequest, currency: Currency, reason: DenyReason) -> AuthorizeView {
+    let mut v = view(priced, &req.call_id, currency, priced.map(|p| p.to.as_str()).unwrap_or(req.to.as_str()));
     v.reason = Some(reason.as_str().into());
     v
 }
 
 /// Answers what a call would cost and who would pay, changing nothing.
-pub fn quote(
-    engine: &Engine,
-    org_id: &str,
-    req: &AuthorizeRequest,
-    now: Timestamp,
-) -> Result<AuthorizeView> {
+pub fn quote(engine: &Engine, org_id: &str, req: &AuthorizeRequest, now: Timestamp) -> Result<AuthorizeView> {
     engine.read(|tx| {
         let org = crate::org(tx, org_id)?;
         let currency = Currency::parse(&org.currency)?;
         let spendable: i64 = tx
             .open_lots(org_id)?
             .iter()
-            .map(|l| {
-                if l.expired || l.expires_at <= now {
-                    0
-                } else {
-                    l.remaining_minor - l.reserved_minor
-                }
-            })
+            .map(|l| if l.expired || l.expires_at <= now { 0 } else { l.remaining_minor - l.reserved_minor })
             .sum();
-        let requested = req
-            .requested_seconds
-            .unwrap_or(engine.config.default_requested_seconds);
+        let requested = req.requested_seconds.unwrap_or(engine.config.default_requested_seconds);
         match prepare(engine, tx, &org, req, Month::of(now))? {
             Err((reason, _)) => Ok(deny_view(None, req, currency, reason)),
             Ok(p) if p.emergency => Ok(allow_view(
                 &p,
                 &req.call_id,
-                &Grant {
-                    granted_seconds: requested.max(1),
-                    plan_minutes: 0,
-                    credit_seconds: 0,
-                    money_minor: 0,
-                },
+                &Grant { granted_seconds: requested.max(1), plan_minutes: 0, credit_seconds: 0, money_minor: 0 },
             )),
             Ok(p) => Ok(match decide(&p, requested, spendable, (0, 0)) {
                 Ok(g) => allow_view(&p, &req.call_id, &g),
@@ -450,9 +364,7 @@ pub(crate) fn authorize_at(
 ) -> Result<(AuthorizeView, Option<ReservationRow>)> {
     let mut books = Books::load(tx, &req.org, now)?;
     validate_call_id(&req.call_id)?;
-    if tx.get_reservation(&req.org, &req.call_id)?.is_some()
-        || tx.get_cdr(&req.org, &req.call_id)?.is_some()
-    {
+    if tx.get_reservation(&req.org, &req.call_id)?.is_some() || tx.get_cdr(&req.org, &req.call_id)?.is_some() {
         return Err(err!(
             ErrorCode::DuplicateCallId,
             "call id '{}' was already used in this organization",
@@ -462,10 +374,7 @@ pub(crate) fn authorize_at(
     let month = Month::of(started);
     let org = books.org.clone();
     let currency = books.currency;
-    let requested = req
-        .requested_seconds
-        .unwrap_or(engine.config.default_requested_seconds)
-        .max(1);
+    let requested = req.requested_seconds.unwrap_or(engine.config.default_requested_seconds).max(1);
     let mut priced = match prepare(engine, tx, &org, req, month)? {
         Ok(p) => p,
         Err((reason, user)) => {
@@ -474,12 +383,7 @@ pub(crate) fn authorize_at(
         }
     };
     let grant = if priced.emergency {
-        Grant {
-            granted_seconds: requested,
-            plan_minutes: 0,
-            credit_seconds: 0,
-            money_minor: 0,
-        }
+        Grant { granted_seconds: requested, plan_minutes: 0, credit_seconds: 0, money_minor: 0 }
     } else {
         match decide(&priced, requested, books.spendable(now), (0, 0)) {
             Ok(g) => g,
@@ -510,19 +414,11 @@ pub(crate) fn authorize_at(
         created_at: started,
         updated_at: now,
         expires_at: now
-            + jiff::SignedDuration::from_secs(
-                i64::from(grant.granted_seconds) + engine.config.grace_seconds,
-            ),
+            + jiff::SignedDuration::from_secs(i64::from(grant.granted_seconds) + engine.config.grace_seconds),
         granted_seconds: i64::from(grant.granted_seconds),
         used_seconds: 0,
-        plan_scope: priced
-            .pool
-            .as_ref()
-            .map(|p| p.key.scope.as_str().to_string()),
-        plan_kind: priced
-            .pool
-            .as_ref()
-            .map(|p| p.key.kind.as_str().to_string()),
+        plan_scope: priced.pool.as_ref().map(|p| p.key.scope.as_str().to_string()),
+        plan_kind: priced.pool.as_ref().map(|p| p.key.kind.as_str().to_string()),
         plan_month: priced.pool.as_ref().map(|_| month.0),
         plan_minutes: grant.plan_minutes,
         money_minor: grant.money_minor,
@@ -549,8 +445,7 @@ fn rate_of(res: &ReservationRow) -> Result<Option<Rate>> {
             prefix: prefix.clone(),
             name: res.rate_name.clone().unwrap_or_default(),
             connection_fee_minor: res.connection_fee_minor,
-            per_minute: Decimal::from_str_exact(p)
-                .map_err(|e| internal(format!("stored rate '{p}': {e}")))?,
+            per_minute: Decimal::from_str_exact(p).map_err(|e| internal(format!("stored rate '{p}': {e}")))?,
             increment_seconds: res.increment_seconds as u32,
             premium: false,
         })),
@@ -559,12 +454,8 @@ fn rate_of(res: &ReservationRow) -> Result<Option<Rate>> {
 }
 
 fn pending(tx: &mut dyn Tx, org_id: &str, call_id: &str) -> Result<ReservationRow> {
-    tx.get_reservation(org_id, call_id)?.ok_or_else(|| {
-        err!(
-            ErrorCode::UnknownCall,
-            "no call '{call_id}' was authorized in this organization"
-        )
-    })
+    tx.get_reservation(org_id, call_id)?
+        .ok_or_else(|| err!(ErrorCode::UnknownCall, "no call '{call_id}' was authorized in this organization"))
 }
 
 /// Rebuilds the decision inputs for a call in progress.
@@ -576,22 +467,13 @@ fn reprice(engine: &Engine, tx: &mut dyn Tx, org: &OrgRow, res: &ReservationRow)
     };
     let credits = match (&user, CallType::parse(&res.call_type)?) {
         (_, CallType::TollFreeInbound) => Ok(()),
-        (Some(u), _)
-            if call_user(engine, tx, u)?
-                .licenses
-                .contains(&Sku::CommunicationsCredits) =>
-        {
-            Ok(())
-        }
+        (Some(u), _) if call_user(engine, tx, u)?.licenses.contains(&Sku::CommunicationsCredits) => Ok(()),
         _ => Err(DenyReason::NoCreditsLicense),
     };
     let month = Month(res.spend_month);
     let pool = match (&res.plan_scope, &res.plan_kind, res.plan_month) {
         (Some(scope), Some(kind), Some(m)) => {
-            let key = PoolKey {
-                scope: PoolScope::parse(scope)?,
-                kind: PoolKind::parse(kind)?,
-            };
+            let key = PoolKey { scope: PoolScope::parse(scope)?, kind: PoolKind::parse(kind)? };
             Some(load_pool(engine, tx, &org.org_id, key, Month(m))?)
         }
         _ => None,
@@ -600,26 +482,20 @@ fn reprice(engine: &Engine, tx: &mut dyn Tx, org: &OrgRow, res: &ReservationRow)
         Some(u) if credits.is_ok() => match u.spend_limit_minor {
             Some(limit) => Some((
                 limit,
-                tx.get_user_spend(&org.org_id, &u.user_id, month.0)?
-                    .unwrap_or(UserSpendRow {
-                        org_id: org.org_id.clone(),
-                        user_id: u.user_id.clone(),
-                        month: month.0,
-                        spent_minor: 0,
-                        reserved_minor: 0,
-                    }),
+                tx.get_user_spend(&org.org_id, &u.user_id, month.0)?.unwrap_or(UserSpendRow {
+                    org_id: org.org_id.clone(),
+                    user_id: u.user_id.clone(),
+                    month: month.0,
+                    spent_minor: 0,
+                    reserved_minor: 0,
+                }),
             )),
             None => None,
         },
         _ => None,
     };
     let rate = rate_of(res)?;
-    let rated = E164::parse(if res.call_type == "toll_free_inbound" {
-        &res.from_number
-    } else {
-        &res.to_number
-    })
-    .ok();
+    let rated = E164::parse(if res.call_type == "toll_free_inbound" { &res.from_number } else { &res.to_number }).ok();
     Ok(Priced {
         call_type: CallType::parse(&res.call_type)?,
         user,
@@ -637,14 +513,10 @@ fn reprice(engine: &Engine, tx: &mut dyn Tx, org: &OrgRow, res: &ReservationRow)
         pool,
         spend,
         currency,
-        dest_country: res
-            .dest_country
-            .as_deref()
-            .and_then(|c| Country::parse(c).ok()),
+        dest_country: res.dest_country.as_deref().and_then(|c| Country::parse(c).ok()),
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn update(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -656,19 +528,12 @@ pub(crate) fn update(
     fx: &mut Effects,
 ) -> Result<UpdateView> {
     if requested_seconds > MAX_REQUESTED_SECONDS {
-        return Err(err!(
-            ErrorCode::InvalidInput,
-            "requested_seconds must be at most {MAX_REQUESTED_SECONDS}"
-        ));
+        return Err(err!(ErrorCode::InvalidInput, "requested_seconds must be at most {MAX_REQUESTED_SECONDS}"));
     }
     let mut books = Books::load(tx, org_id, now)?;
     let mut res = pending(tx, org_id, call_id)?;
     if res.state != "pending" {
-        return Err(err!(
-            ErrorCode::CallAlreadyEnded,
-            "call '{call_id}' has already ended ({})",
-            res.state
-        ));
+        return Err(err!(ErrorCode::CallAlreadyEnded, "call '{call_id}' has already ended ({})", res.state));
     }
     let current = res.granted_seconds as u32;
     let used = used_seconds.min(current);
@@ -682,12 +547,7 @@ pub(crate) fn update(
         let org = books.org.clone();
         let mut priced = reprice(engine, tx, &org, &res)?;
         let own_spendable = res.money_minor - books.expired_share(&res.earmarks)?;
-        let g = decide(
-            &priced,
-            wanted.max(1),
-            books.spendable(now),
-            (res.plan_minutes, own_spendable),
-        );
+        let g = decide(&priced, wanted.max(1), books.spendable(now), (res.plan_minutes, own_spendable));
         match g {
             Ok(g) if g.granted_seconds > current || wanted <= current => {
                 // Move the reservation: release what it held, hold the new amounts.
@@ -698,13 +558,7 @@ pub(crate) fn update(
                 books.settle(tx, &res.earmarks, 0, call_id, now, String::new())?;
                 res.earmarks = books.reserve(g.money_minor, now)?;
                 if let Some(uid) = &res.user_id {
-                    adjust_spend_reserved(
-                        tx,
-                        org_id,
-                        uid,
-                        res.spend_month,
-                        g.money_minor - res.money_minor,
-                    )?;
+                    adjust_spend_reserved(tx, org_id, uid, res.spend_month, g.money_minor - res.money_minor)?;
                 }
                 res.granted_seconds = i64::from(g.granted_seconds);
                 res.plan_minutes = g.plan_minutes;
@@ -718,8 +572,7 @@ pub(crate) fn update(
         }
     }
     let total = res.granted_seconds as u32;
-    res.expires_at = now
-        + jiff::SignedDuration::from_secs(i64::from(total - used) + engine.config.grace_seconds);
+    res.expires_at = now + jiff::SignedDuration::from_secs(i64::from(total - used) + engine.config.grace_seconds);
     tx.update_reservation(&res)?;
     books.after_change(tx, now, fx, false)?;
     books.save(tx)?;
@@ -732,30 +585,21 @@ pub(crate) fn update(
     })
 }
 
-fn adjust_spend_reserved(
-    tx: &mut dyn Tx,
-    org_id: &str,
-    user_id: &str,
-    month: i32,
-    delta: i64,
-) -> Result<()> {
+fn adjust_spend_reserved(tx: &mut dyn Tx, org_id: &str, user_id: &str, month: i32, delta: i64) -> Result<()> {
     if delta == 0 {
         return Ok(());
     }
-    let mut s = tx
-        .get_user_spend(org_id, user_id, month)?
-        .unwrap_or(UserSpendRow {
-            org_id: org_id.into(),
-            user_id: user_id.into(),
-            month,
-            spent_minor: 0,
-            reserved_minor: 0,
-        });
+    let mut s = tx.get_user_spend(org_id, user_id, month)?.unwrap_or(UserSpendRow {
+        org_id: org_id.into(),
+        user_id: user_id.into(),
+        month,
+        spent_minor: 0,
+        reserved_minor: 0,
+    });
     s.reserved_minor += delta;
     tx.put_user_spend(&s)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn end(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -770,29 +614,14 @@ pub(crate) fn end(
     let res = pending(tx, org_id, call_id)?;
     if res.state != "pending" {
         // A repeated end answers the first result and changes nothing.
-        let cdr = tx
-            .get_cdr(org_id, call_id)?
-            .ok_or_else(|| internal(format!("call {call_id} ended without a CDR")))?;
+        let cdr =
+            tx.get_cdr(org_id, call_id)?.ok_or_else(|| internal(format!("call {call_id} ended without a CDR")))?;
         let mut v = EndView::from(&cdr);
         v.state = res.state;
         return Ok(v);
     }
-    let state = if duration_seconds == 0 {
-        "released"
-    } else {
-        "settled"
-    };
-    let v = settle_call(
-        engine,
-        tx,
-        &mut books,
-        res,
-        duration_seconds,
-        state,
-        imported,
-        now,
-        fx,
-    )?;
+    let state = if duration_seconds == 0 { "released" } else { "settled" };
+    let v = settle_call(engine, tx, &mut books, res, duration_seconds, state, imported, now, fx)?;
     books.save(tx)?;
     Ok(v)
 }
@@ -818,7 +647,6 @@ pub(crate) fn timeout(
 
 /// Settles a pending reservation for `duration` seconds: pool minutes, money, the
 /// user's spend, the CDR and the pool notices, all in this transaction.
-#[allow(clippy::too_many_arguments)]
 fn settle_call(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -840,23 +668,14 @@ fn settle_call(
         money_minor: res.money_minor,
     };
     let s = charging::settle(&grant, rate.as_ref(), books.currency, duration);
-    if let (Some(scope), Some(kind), Some(month)) =
-        (&res.plan_scope, &res.plan_kind, res.plan_month)
-    {
-        let key = PoolKey {
-            scope: PoolScope::parse(scope)?,
-            kind: PoolKind::parse(kind)?,
-        };
+    if let (Some(scope), Some(kind), Some(month)) = (&res.plan_scope, &res.plan_kind, res.plan_month) {
+        let key = PoolKey { scope: PoolScope::parse(scope)?, kind: PoolKind::parse(kind)? };
         let mut p = load_pool(engine, tx, &org_id, key, Month(month))?;
         let before = p.row.used_minutes;
         p.row.reserved_minutes -= res.plan_minutes;
         p.row.used_minutes += s.plan_minutes;
         for pct in crossed_thresholds(p.size, before, p.row.used_minutes) {
-            let flag = if pct == 80 {
-                &mut p.row.notified_80
-            } else {
-                &mut p.row.notified_100
-            };
+            let flag = if pct == 80 { &mut p.row.notified_80 } else { &mut p.row.notified_100 };
             if !*flag {
                 *flag = true;
                 notices::write(
@@ -864,7 +683,12 @@ fn settle_call(
                     &org_id,
                     POOL_THRESHOLD,
                     now,
-                    format!("{} {} minute pool passed {pct}% for {}", scope_name(engine, scope), kind, Month(month).label()),
+                    format!(
+                        "{} {} minute pool passed {pct}% for {}",
+                        scope_name(engine, scope),
+                        kind,
+                        Month(month).label()
+                    ),
                     format!(
                         "The {kind} calling minute pool for {} has used {} of {} minutes ({}%) in {}.{}",
                         scope_name(engine, scope),
@@ -872,7 +696,11 @@ fn settle_call(
                         p.size,
                         commcredits_core::pools::percent_used(p.size, p.row.used_minutes),
                         Month(month).label(),
-                        if pct >= 100 { " Further calls are paid from Communications Credits where users hold that license, or refused." } else { "" }
+                        if pct >= 100 {
+                            " Further calls are paid from Communications Credits where users hold that license, or refused."
+                        } else {
+                            ""
+                        }
                     ),
                     json!({"pool": kind, "country": scope, "month": Month(month).label(), "used": p.row.used_minutes, "size": p.size, "percent": pct}),
                 )?;
@@ -886,32 +714,23 @@ fn settle_call(
         s.charge_minor,
         &res.call_id,
         now,
-        format!(
-            "call {} {} to {}",
-            res.call_id, res.call_type, res.to_number
-        ),
+        format!("call {} {} to {}", res.call_id, res.call_type, res.to_number),
     )?;
     if let Some(uid) = res.user_id.clone() {
         if res.money_minor > 0 || s.charge_minor > 0 {
-            let mut sp = tx
-                .get_user_spend(&org_id, &uid, res.spend_month)?
-                .unwrap_or(UserSpendRow {
-                    org_id: org_id.clone(),
-                    user_id: uid.clone(),
-                    month: res.spend_month,
-                    spent_minor: 0,
-                    reserved_minor: 0,
-                });
+            let mut sp = tx.get_user_spend(&org_id, &uid, res.spend_month)?.unwrap_or(UserSpendRow {
+                org_id: org_id.clone(),
+                user_id: uid.clone(),
+                month: res.spend_month,
+                spent_minor: 0,
+                reserved_minor: 0,
+            });
             sp.reserved_minor -= res.money_minor;
             sp.spent_minor += s.charge_minor;
             tx.put_user_spend(&sp)?;
         }
     }
-    let funding = if res.emergency {
-        Funding::Emergency
-    } else {
-        Funding::of(s.plan_minutes, s.credit_seconds)
-    };
+    let funding = if res.emergency { Funding::Emergency } else { Funding::of(s.plan_minutes, s.credit_seconds) };
     let cdr = CdrRow {
         org_id: org_id.clone(),
         call_id: res.call_id.clone(),
@@ -930,24 +749,12 @@ fn settle_call(
         plan_minutes: s.plan_minutes,
         plan_kind: res.plan_kind.clone(),
         charge_minor: s.charge_minor,
-        connection_fee_minor: if s.charge_minor > 0 {
-            res.connection_fee_minor.min(s.charge_minor)
-        } else {
-            0
-        },
+        connection_fee_minor: if s.charge_minor > 0 { res.connection_fee_minor.min(s.charge_minor) } else { 0 },
         currency: books.currency.code().into(),
         funding: funding.as_str().into(),
-        rate_name: if res.emergency {
-            Some("Emergency".into())
-        } else {
-            res.rate_name.clone()
-        },
+        rate_name: if res.emergency { Some("Emergency".into()) } else { res.rate_name.clone() },
         rate_per_minute: res.rate_per_minute.clone(),
-        source: if imported {
-            "import".into()
-        } else {
-            "realtime".into()
-        },
+        source: if imported { "import".into() } else { "realtime".into() },
     };
     tx.insert_cdr(&cdr)?;
     res.state = state.into();

@@ -9,15 +9,7 @@ use commcredits_store::Tx;
 use serde::Serialize;
 use std::io::Read;
 
-pub const CDR_HEADER: [&str; 7] = [
-    "call_id",
-    "type",
-    "user",
-    "from",
-    "to",
-    "start_time",
-    "duration_seconds",
-];
+pub const CDR_HEADER: [&str; 7] = ["call_id", "type", "user", "from", "to", "start_time", "duration_seconds"];
 
 /// Rows per transaction: one durable commit per batch.
 pub const IMPORT_BATCH: usize = 1_000;
@@ -55,32 +47,16 @@ pub struct ImportReport {
 
 fn parse_record(org: &str, rec: &csv::StringRecord, line: u64) -> Result<CdrRecord> {
     if rec.len() != CDR_HEADER.len() {
-        return Err(err!(
-            ErrorCode::InvalidCdr,
-            "expected {} fields, found {}",
-            CDR_HEADER.len(),
-            rec.len()
-        ));
+        return Err(err!(ErrorCode::InvalidCdr, "expected {} fields, found {}", CDR_HEADER.len(), rec.len()));
     }
     let start_time: Timestamp = rec[5].parse().map_err(|_| {
-        err!(
-            ErrorCode::InvalidTime,
-            "start_time '{}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z",
-            &rec[5]
-        )
+        err!(ErrorCode::InvalidTime, "start_time '{}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z", &rec[5])
     })?;
-    let duration_seconds: u32 = rec[6].parse().map_err(|_| {
-        err!(
-            ErrorCode::InvalidCdr,
-            "duration_seconds '{}' is not a whole number of seconds",
-            &rec[6]
-        )
-    })?;
+    let duration_seconds: u32 = rec[6]
+        .parse()
+        .map_err(|_| err!(ErrorCode::InvalidCdr, "duration_seconds '{}' is not a whole number of seconds", &rec[6]))?;
     if duration_seconds > crate::calls::MAX_REQUESTED_SECONDS {
-        return Err(err!(
-            ErrorCode::InvalidCdr,
-            "duration_seconds {duration_seconds} exceeds 24 hours"
-        ));
+        return Err(err!(ErrorCode::InvalidCdr, "duration_seconds {duration_seconds} exceeds 24 hours"));
     }
     let user = Some(rec[2].trim().to_string()).filter(|u| !u.is_empty());
     Ok(CdrRecord {
@@ -104,19 +80,11 @@ pub(crate) fn import_one(
     fx: &mut Effects,
 ) -> Result<Outcome> {
     crate::calls::validate_call_id(&rec.call_id)?;
-    if tx.get_cdr(&rec.org, &rec.call_id)?.is_some()
-        || tx.get_reservation(&rec.org, &rec.call_id)?.is_some()
-    {
-        return Ok(Outcome::Duplicate {
-            call_id: rec.call_id.clone(),
-        });
+    if tx.get_cdr(&rec.org, &rec.call_id)?.is_some() || tx.get_reservation(&rec.org, &rec.call_id)?.is_some() {
+        return Ok(Outcome::Duplicate { call_id: rec.call_id.clone() });
     }
     if rec.start_time > now {
-        return Err(err!(
-            ErrorCode::InvalidTime,
-            "start_time {} is in the future",
-            rec.start_time
-        ));
+        return Err(err!(ErrorCode::InvalidTime, "start_time {} is in the future", rec.start_time));
     }
     let req = AuthorizeRequest {
         org: rec.org.clone(),
@@ -127,20 +95,9 @@ pub(crate) fn import_one(
         to: rec.to.clone(),
         requested_seconds: Some(rec.duration_seconds.max(1)),
     };
-    match charge_offline(
-        engine,
-        tx,
-        &req,
-        rec.start_time,
-        rec.duration_seconds,
-        now,
-        fx,
-    )? {
+    match charge_offline(engine, tx, &req, rec.start_time, rec.duration_seconds, now, fx)? {
         Ok(v) => Ok(Outcome::Ended(v)),
-        Err(reason) => Err(Error::new(
-            ErrorCode::CallDenied,
-            format!("the call would be refused: {reason}"),
-        )),
+        Err(reason) => Err(Error::new(ErrorCode::CallDenied, format!("the call would be refused: {reason}"))),
     }
 }
 
@@ -154,14 +111,8 @@ impl Engine {
         now: Timestamp,
         progress: &mut dyn FnMut(usize),
     ) -> Result<ImportReport> {
-        let mut rdr = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .flexible(true)
-            .from_reader(input);
-        let header = rdr
-            .headers()
-            .map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?
-            .clone();
+        let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
+        let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
         let got: Vec<&str> = header.iter().collect();
         if got != CDR_HEADER {
             return Err(err!(
@@ -216,12 +167,7 @@ impl Engine {
         Ok(report)
     }
 
-    fn import_batch(
-        &self,
-        batch: Vec<CdrRecord>,
-        now: Timestamp,
-        report: &mut ImportReport,
-    ) -> Result<()> {
+    fn import_batch(&self, batch: Vec<CdrRecord>, now: Timestamp, report: &mut ImportReport) -> Result<()> {
         let meta: Vec<(u64, String)> = batch.iter().map(|r| (r.line, r.call_id.clone())).collect();
         let results = self.apply(now, batch.into_iter().map(Command::ImportCdr).collect())?;
         for ((line, call_id), r) in meta.into_iter().zip(results) {
@@ -232,12 +178,9 @@ impl Engine {
                 }
                 Ok(Outcome::Duplicate { .. }) => report.duplicates += 1,
                 Ok(_) => {}
-                Err(e) => report.rejected.push(RowProblem {
-                    line,
-                    call_id,
-                    code: e.code.as_str().into(),
-                    message: e.message,
-                }),
+                Err(e) => {
+                    report.rejected.push(RowProblem { line, call_id, code: e.code.as_str().into(), message: e.message })
+                }
             }
         }
         Ok(())

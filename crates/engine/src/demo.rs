@@ -69,20 +69,14 @@ impl Rng {
         d.clamp(5, cap) as u32
     }
     fn digits(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| char::from(b'0' + self.below(10) as u8))
-            .collect()
+        (0..n).map(|_| char::from(b'0' + self.below(10) as u8)).collect()
     }
 }
 
 fn destination(rng: &mut Rng, country: &str) -> String {
     let mobile = rng.chance(40);
     match (country, mobile) {
-        ("US", _) => format!(
-            "+1{}555{}",
-            ["212", "415", "312", "617", "206"][rng.below(5) as usize],
-            rng.digits(4)
-        ),
+        ("US", _) => format!("+1{}555{}", ["212", "415", "312", "617", "206"][rng.below(5) as usize], rng.digits(4)),
         ("GB", false) => format!("+4420794{}", rng.digits(5)),
         ("GB", true) => format!("+447400{}", rng.digits(6)),
         ("DE", false) => format!("+49301234{}", rng.digits(4)),
@@ -97,10 +91,8 @@ fn destination(rng: &mut Rng, country: &str) -> String {
     }
 }
 
-const FIRST: [&str; 12] = [
-    "Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kemi",
-    "Liam",
-];
+const FIRST: [&str; 12] =
+    ["Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kemi", "Liam"];
 const LAST: [&str; 6] = ["Adler", "Brooks", "Costa", "Dietrich", "Evans", "Fischer"];
 
 struct Call {
@@ -158,20 +150,12 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
             name: name.clone(),
             currency: "USD".into(),
             country: "US".into(),
-            emails: vec![
-                "admin@contoso.example".into(),
-                "billing@contoso.example".into(),
-            ],
+            emails: vec!["admin@contoso.example".into(), "billing@contoso.example".into()],
         },
     )?)?;
     one(
         start,
-        Command::UpdateOrg {
-            org: org.clone(),
-            emails: None,
-            low_balance: Some(Some("30.00".into())),
-            suspended: None,
-        },
+        Command::UpdateOrg { org: org.clone(), emails: None, low_balance: Some(Some("30.00".into())), suspended: None },
     )?;
     for (sku, q) in [
         ("phone_system", 40),
@@ -180,14 +164,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
         ("communications_credits", 30),
         ("audio_conferencing", 15),
     ] {
-        one(
-            start,
-            Command::AddSubscription {
-                org: org.clone(),
-                sku: sku.into(),
-                quantity: q,
-            },
-        )?;
+        one(start, Command::AddSubscription { org: org.clone(), sku: sku.into(), quantity: q })?;
     }
     // 18 US, 10 GB, 8 DE users.
     let mut users: Vec<(String, &'static str)> = Vec::new();
@@ -203,12 +180,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
                 "GB" => format!("+44207946{:04}", 100 + n),
                 _ => format!("+4930123{:05}", 45600 + n),
             };
-            let upn = format!(
-                "{}.{}{}@contoso.example",
-                first.to_lowercase(),
-                last.to_lowercase(),
-                n
-            );
+            let upn = format!("{}.{}{}@contoso.example", first.to_lowercase(), last.to_lowercase(), n);
             let id = created(one(
                 start,
                 Command::CreateUser {
@@ -223,11 +195,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
             match i % 6 {
                 0 => skus.extend(["calling_plan_international", "communications_credits"]),
                 1 | 2 => skus.extend(["calling_plan_domestic", "communications_credits"]),
-                3 => skus.extend([
-                    "calling_plan_domestic",
-                    "audio_conferencing",
-                    "communications_credits",
-                ]),
+                3 => skus.extend(["calling_plan_domestic", "audio_conferencing", "communications_credits"]),
                 4 => skus.extend(["calling_plan_domestic", "audio_conferencing"]),
                 _ => skus.push("calling_plan_domestic"),
             }
@@ -268,12 +236,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
     let toll_free = "+18002660100";
     one(
         start,
-        Command::AddNumber {
-            org: org.clone(),
-            number: toll_free.into(),
-            kind: "toll_free".into(),
-            user: None,
-        },
+        Command::AddNumber { org: org.clone(), number: toll_free.into(), kind: "toll_free".into(), user: None },
     )?;
     // Funds: a balance migrated from the old system that expires ten days in, a fresh
     // purchase, and auto-recharge on a card that expires at the end of this month.
@@ -285,14 +248,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
         holder: "Contoso Ltd".into(),
     };
     let token = engine.gateway().tokenize_card(&card_input, start)?;
-    let card = created(one(
-        start,
-        Command::AddCard {
-            org: org.clone(),
-            token,
-            holder: Some("Contoso Ltd".into()),
-        },
-    )?)?;
+    let card = created(one(start, Command::AddCard { org: org.clone(), token, holder: Some("Contoso Ltd".into()) })?)?;
     let migrated_at = s
         .checked_add(Span::new().days(10))
         .and_then(|z| z.checked_sub(Span::new().months(12)))
@@ -316,20 +272,10 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
     let days = (end.as_second() - start.as_second()) / 86_400;
     for day in 0..days {
         let day_start = start + SignedDuration::from_hours(24 * day);
-        let weekday = day_start
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-            .weekday()
-            .to_monday_one_offset()
-            <= 5;
-        let at = |rng: &mut Rng| {
-            day_start + SignedDuration::from_secs(8 * 3600 + rng.below(10 * 3600) as i64)
-        };
+        let weekday = day_start.to_zoned_datetime(jiff::tz::TimeZone::UTC).weekday().to_monday_one_offset() <= 5;
+        let at = |rng: &mut Rng| day_start + SignedDuration::from_secs(8 * 3600 + rng.below(10 * 3600) as i64);
         for (ui, (uid, country)) in users.iter().enumerate() {
-            let count = if weekday {
-                2 + rng.below(5)
-            } else {
-                rng.below(2)
-            };
+            let count = if weekday { 2 + rng.below(5) } else { rng.below(2) };
             // The user with a spend limit calls abroad a lot.
             let abroad_share = if ui == 1 { 90 } else { 20 };
             for _ in 0..count {
@@ -387,11 +333,8 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
         }
     }
     // Caller ids of users are their own numbers.
-    let numbers: BTreeMap<String, String> = engine
-        .users(&org)?
-        .into_iter()
-        .map(|u| (u.id, u.phone_number.unwrap_or_default()))
-        .collect();
+    let numbers: BTreeMap<String, String> =
+        engine.users(&org)?.into_iter().map(|u| (u.id, u.phone_number.unwrap_or_default())).collect();
     for c in calls.iter_mut() {
         if let Some(u) = &c.user {
             c.from = numbers.get(u).cloned().unwrap_or_default();
@@ -402,11 +345,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
     let mut events: Vec<(Timestamp, usize, bool)> = Vec::with_capacity(calls.len() * 2);
     for (i, c) in calls.iter().enumerate() {
         events.push((c.start, i, false));
-        events.push((
-            c.start + SignedDuration::from_secs(i64::from(c.duration)),
-            i,
-            true,
-        ));
+        events.push((c.start + SignedDuration::from_secs(i64::from(c.duration)), i, true));
     }
     events.sort_by_key(|(t, i, is_end)| (*t, *is_end, *i));
 
@@ -430,11 +369,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
             let (t, ci, is_end) = events[i];
             let c = &calls[ci];
             let cmd = if is_end {
-                Command::End {
-                    org: org.clone(),
-                    call_id: c.id.clone(),
-                    duration_seconds: c.duration,
-                }
+                Command::End { org: org.clone(), call_id: c.id.clone(), duration_seconds: c.duration }
             } else {
                 Command::Authorize(AuthorizeRequest {
                     org: org.clone(),
@@ -461,15 +396,9 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
         commits += 1;
         // The admin reads the recharge_failed e-mail and fixes billing two days later.
         if !reacted {
-            if let Some(failed) = engine
-                .orders(&org)?
-                .into_iter()
-                .find(|o| o.status == "failed")
-            {
-                let failed_at: Timestamp = failed
-                    .created_at
-                    .parse()
-                    .map_err(|_| err!(ErrorCode::Internal, "bad time"))?;
+            if let Some(failed) = engine.orders(&org)?.into_iter().find(|o| o.status == "failed") {
+                let failed_at: Timestamp =
+                    failed.created_at.parse().map_err(|_| err!(ErrorCode::Internal, "bad time"))?;
                 let fix_at = last.max(failed_at + SignedDuration::from_hours(48));
                 if last >= fix_at {
                     let new_card = CardInput {
@@ -481,11 +410,7 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
                     let token = engine.gateway().tokenize_card(&new_card, last)?;
                     let pm = created(one(
                         last,
-                        Command::AddCard {
-                            org: org.clone(),
-                            token,
-                            holder: Some("Contoso Ltd".into()),
-                        },
+                        Command::AddCard { org: org.clone(), token, holder: Some("Contoso Ltd".into()) },
                     )?)?;
                     engine.purchase(&org, "100.00", &pm, None, None, last)?;
                     one(
@@ -508,20 +433,9 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
         next_day += SignedDuration::from_hours(24);
     }
     let books = engine.check_books(&org)?;
-    report(
-        engine,
-        &org,
-        &name,
-        start,
-        end,
-        users.len(),
-        commits,
-        clock.elapsed().as_millis(),
-        books,
-    )
+    report(engine, &org, &name, start, end, users.len(), commits, clock.elapsed().as_millis(), books)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn report(
     engine: &Engine,
     org: &str,
@@ -566,12 +480,7 @@ fn report(
         day(&end)
     );
     let _ = writeln!(t);
-    let _ = writeln!(
-        t,
-        "Calls: {} completed, {} refused",
-        cdrs.len(),
-        denials.len()
-    );
+    let _ = writeln!(t, "Calls: {} completed, {} refused", cdrs.len(), denials.len());
     for (f, n) in &by_funding {
         let _ = writeln!(t, "  funded by {f:<17} {n:>6}");
     }
@@ -595,10 +504,7 @@ fn report(
             o.kind,
             money(o.amount),
             o.status,
-            o.failure_reason
-                .as_ref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
+            o.failure_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
         );
     }
     let _ = writeln!(t, "Notices written:");
@@ -621,17 +527,10 @@ fn report(
         money(books.charges),
         money(books.expired)
     );
-    let _ = writeln!(
-        t,
-        "{commits} batched commits in {:.1} s",
-        elapsed_ms as f64 / 1000.0
-    );
+    let _ = writeln!(t, "{commits} batched commits in {:.1} s", elapsed_ms as f64 / 1000.0);
     let _ = writeln!(t);
     let _ = writeln!(t, "Explore: commcredits credits show --org {org}");
-    let _ = writeln!(
-        t,
-        "         commcredits orders --org {org}    (also: ledger, pools, notifications, blocked)"
-    );
+    let _ = writeln!(t, "         commcredits orders --org {org}    (also: ledger, pools, notifications, blocked)");
     Ok(DemoReport {
         org_id: org.into(),
         name: name.into(),

@@ -43,7 +43,13 @@ impl Engine {
                 available: a.balance_minor - a.reserved_minor,
             };
             if r.purchases + r.adjustments != r.balance + r.charges + r.expired {
-                return Err(fail(org_id, format!("purchases {} + adjustments {} != balance {} + charges {} + expired {}", r.purchases, r.adjustments, r.balance, r.charges, r.expired)));
+                return Err(fail(
+                    org_id,
+                    format!(
+                        "purchases {} + adjustments {} != balance {} + charges {} + expired {}",
+                        r.purchases, r.adjustments, r.balance, r.charges, r.expired
+                    ),
+                ));
             }
             if r.available < 0 || r.reserved < 0 || r.charges < 0 || r.expired < 0 {
                 return Err(fail(org_id, format!("negative figure in {r:?}")));
@@ -52,7 +58,13 @@ impl Engine {
             let lot_remaining: i64 = lots.iter().map(|l| l.remaining_minor).sum();
             let lot_reserved: i64 = lots.iter().map(|l| l.reserved_minor).sum();
             if lot_remaining != r.balance || lot_reserved != r.reserved {
-                return Err(fail(org_id, format!("lots hold {lot_remaining} (reserved {lot_reserved}) but the account says {} ({})", r.balance, r.reserved)));
+                return Err(fail(
+                    org_id,
+                    format!(
+                        "lots hold {lot_remaining} (reserved {lot_reserved}) but the account says {} ({})",
+                        r.balance, r.reserved
+                    ),
+                ));
             }
             let pending = tx.pending_reservations(org_id)?;
             let mut held_by_lot: HashMap<String, i64> = HashMap::new();
@@ -63,7 +75,10 @@ impl Engine {
                 let e = decode_earmarks(&res.earmarks)?;
                 let sum: i64 = e.iter().map(|(_, a)| a).sum();
                 if sum != res.money_minor {
-                    return Err(fail(org_id, format!("call {} earmarks {sum} but holds {}", res.call_id, res.money_minor)));
+                    return Err(fail(
+                        org_id,
+                        format!("call {} earmarks {sum} but holds {}", res.call_id, res.money_minor),
+                    ));
                 }
                 for (l, amt) in e {
                     *held_by_lot.entry(l).or_default() += amt;
@@ -81,7 +96,15 @@ impl Engine {
             }
             for l in &lots {
                 if held_by_lot.get(&l.lot_id).copied().unwrap_or(0) != l.reserved_minor {
-                    return Err(fail(org_id, format!("lot {} reserves {} but calls earmark {}", l.lot_id, l.reserved_minor, held_by_lot.get(&l.lot_id).copied().unwrap_or(0))));
+                    return Err(fail(
+                        org_id,
+                        format!(
+                            "lot {} reserves {} but calls earmark {}",
+                            l.lot_id,
+                            l.reserved_minor,
+                            held_by_lot.get(&l.lot_id).copied().unwrap_or(0)
+                        ),
+                    ));
                 }
             }
             let months: std::collections::BTreeSet<i32> = pool_held.keys().map(|k| k.0).collect();
@@ -89,7 +112,13 @@ impl Engine {
                 for p in tx.list_pool_usage(org_id, m)? {
                     let held = pool_held.get(&(m, p.scope.clone(), p.kind.clone())).copied().unwrap_or(0);
                     if held != p.reserved_minutes || p.used_minutes < 0 {
-                        return Err(fail(org_id, format!("pool {}/{} {m} reserves {} but calls hold {held}", p.scope, p.kind, p.reserved_minutes)));
+                        return Err(fail(
+                            org_id,
+                            format!(
+                                "pool {}/{} {m} reserves {} but calls hold {held}",
+                                p.scope, p.kind, p.reserved_minutes
+                            ),
+                        ));
                     }
                 }
             }

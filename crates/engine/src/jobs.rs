@@ -23,38 +23,21 @@ pub struct JobReport {
 }
 
 fn count(results: Vec<Result<Outcome>>) -> usize {
-    results
-        .into_iter()
-        .map(|r| if let Ok(Outcome::Count(n)) = r { n } else { 0 })
-        .sum()
+    results.into_iter().map(|r| if let Ok(Outcome::Count(n)) = r { n } else { 0 }).sum()
 }
 
 /// The pools an organization has this month: each (scope, kind) with a size.
-pub(crate) fn pool_keys(
-    engine: &Engine,
-    tx: &mut dyn Tx,
-    org_id: &str,
-) -> Result<BTreeSet<PoolKey>> {
+pub(crate) fn pool_keys(engine: &Engine, tx: &mut dyn Tx, org_id: &str) -> Result<BTreeSet<PoolKey>> {
     let mut keys = BTreeSet::new();
     for u in tx.list_users(org_id)? {
-        let held: Vec<Sku> = tx
-            .user_licenses(org_id, &u.user_id)?
-            .iter()
-            .filter_map(|s| Sku::parse(s).ok())
-            .collect();
+        let held: Vec<Sku> = tx.user_licenses(org_id, &u.user_id)?.iter().filter_map(|s| Sku::parse(s).ok()).collect();
         let eff = engine.catalog().effective(&held);
         let Ok(country) = Country::parse(&u.usage_location) else {
             continue;
         };
         for kind in PoolKind::ALL {
-            let scope = if kind == PoolKind::Conferencing {
-                PoolScope::Org
-            } else {
-                PoolScope::Country(country)
-            };
-            let feeds = eff
-                .iter()
-                .any(|s| engine.catalog().sku(*s).pools.contains(&kind));
+            let scope = if kind == PoolKind::Conferencing { PoolScope::Org } else { PoolScope::Country(country) };
+            let feeds = eff.iter().any(|s| engine.catalog().sku(*s).pools.contains(&kind));
             if feeds && engine.catalog().allowance(scope, kind) > 0 {
                 keys.insert(PoolKey { scope, kind });
             }
@@ -64,19 +47,11 @@ pub(crate) fn pool_keys(
 }
 
 /// Opens this month's pools (the monthly reset): usage starts at zero in a new month.
-pub(crate) fn open_pools(
-    engine: &Engine,
-    tx: &mut dyn Tx,
-    org_id: &str,
-    now: Timestamp,
-) -> Result<Outcome> {
+pub(crate) fn open_pools(engine: &Engine, tx: &mut dyn Tx, org_id: &str, now: Timestamp) -> Result<Outcome> {
     let month = Month::of(now);
     let mut created = 0;
     for key in pool_keys(engine, tx, org_id)? {
-        if tx
-            .get_pool_usage(org_id, month.0, key.scope.as_str(), key.kind.as_str())?
-            .is_none()
-        {
+        if tx.get_pool_usage(org_id, month.0, key.scope.as_str(), key.kind.as_str())?.is_none() {
             tx.put_pool_usage(&PoolUsageRow {
                 org_id: org_id.into(),
                 scope: key.scope.as_str().into(),
@@ -103,10 +78,7 @@ impl Engine {
             if due.is_empty() {
                 break;
             }
-            let cmds = due
-                .into_iter()
-                .map(|(org, call_id)| Command::TimeoutReservation { org, call_id })
-                .collect();
+            let cmds = due.into_iter().map(|(org, call_id)| Command::TimeoutReservation { org, call_id }).collect();
             let n = count(self.apply(now, cmds)?);
             r.reservations_expired += n;
             if n == 0 {
@@ -118,10 +90,7 @@ impl Engine {
             if due.is_empty() {
                 break;
             }
-            let cmds = due
-                .into_iter()
-                .map(|(org, lot_id)| Command::ExpireLot { org, lot_id })
-                .collect();
+            let cmds = due.into_iter().map(|(org, lot_id)| Command::ExpireLot { org, lot_id }).collect();
             let n = count(self.apply(now, cmds)?);
             r.lots_expired += n;
             if n == 0 {
@@ -134,10 +103,7 @@ impl Engine {
             if due.is_empty() {
                 break;
             }
-            let cmds = due
-                .into_iter()
-                .map(|(org, lot_id)| Command::NotifyExpiring { org, lot_id })
-                .collect();
+            let cmds = due.into_iter().map(|(org, lot_id)| Command::NotifyExpiring { org, lot_id }).collect();
             let n = count(self.apply(now, cmds)?);
             r.expiring_notices += n;
             if n == 0 {
@@ -146,12 +112,7 @@ impl Engine {
         }
         let orgs = self.read(|tx| tx.list_orgs())?;
         for chunk in orgs.chunks(JOB_BATCH) {
-            let cmds = chunk
-                .iter()
-                .map(|o| Command::OpenPools {
-                    org: o.org_id.clone(),
-                })
-                .collect();
+            let cmds = chunk.iter().map(|o| Command::OpenPools { org: o.org_id.clone() }).collect();
             r.pools_opened += count(self.apply(now, cmds)?);
         }
         // Orders left pending by a crash between placing and charging them.

@@ -236,17 +236,11 @@ impl Engine {
     /// Loads the decks imported with `rates import` over the shipped ones.
     fn reload_decks(&self) -> Result<()> {
         let rows = self.read(|tx| tx.list_rate_decks())?;
-        let mut decks = self
-            .decks
-            .write()
-            .map_err(|_| err!(ErrorCode::Internal, "deck cache poisoned"))?;
+        let mut decks = self.decks.write().map_err(|_| err!(ErrorCode::Internal, "deck cache poisoned"))?;
         for row in rows {
             let kind = DeckKind::parse(&row.kind)?;
             let cur = Currency::parse(&row.currency)?;
-            decks.insert(
-                (kind, cur),
-                Arc::new(RateDeck::parse_csv(kind, cur, &row.csv)?),
-            );
+            decks.insert((kind, cur), Arc::new(RateDeck::parse_csv(kind, cur, &row.csv)?));
         }
         Ok(())
     }
@@ -287,11 +281,7 @@ impl Engine {
     /// batching events that happened over a span of time).
     pub fn apply_timed(&self, commands: Vec<(Timestamp, Command)>) -> Result<Vec<Result<Outcome>>> {
         if commands.len() > self.config.max_batch {
-            return Err(err!(
-                ErrorCode::InvalidInput,
-                "a batch holds at most {} commands",
-                self.config.max_batch
-            ));
+            return Err(err!(ErrorCode::InvalidInput, "a batch holds at most {} commands", self.config.max_batch));
         }
         let Some(last) = commands.iter().map(|(t, _)| *t).max() else {
             return Ok(Vec::new());
@@ -332,87 +322,31 @@ impl Engine {
 
     /// Applies one command.
     pub fn apply_one(&self, now: Timestamp, command: Command) -> Result<Outcome> {
-        self.apply(now, vec![command])?
-            .pop()
-            .unwrap_or_else(|| Err(err!(ErrorCode::Internal, "no result")))
+        self.apply(now, vec![command])?.pop().unwrap_or_else(|| Err(err!(ErrorCode::Internal, "no result")))
     }
 
-    fn execute(
-        &self,
-        tx: &mut dyn Tx,
-        cmd: &Command,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) -> Result<Outcome> {
+    fn execute(&self, tx: &mut dyn Tx, cmd: &Command, now: Timestamp, fx: &mut Effects) -> Result<Outcome> {
         match cmd {
-            Command::CreateOrg {
-                name,
-                currency,
-                country,
-                emails,
-            } => admin::create_org(self, tx, name, currency, country, emails, now),
-            Command::UpdateOrg {
-                org,
-                emails,
-                low_balance,
-                suspended,
-            } => admin::update_org(
-                self,
-                tx,
-                org,
-                emails.as_deref(),
-                low_balance.as_ref(),
-                *suspended,
-            ),
-            Command::CreateUser {
-                org,
-                upn,
-                display_name,
-                usage_location,
-                phone_number,
-            } => admin::create_user(
-                self,
-                tx,
-                org,
-                upn,
-                display_name,
-                usage_location,
-                phone_number.as_deref(),
-                now,
-            ),
+            Command::CreateOrg { name, currency, country, emails } => {
+                admin::create_org(self, tx, name, currency, country, emails, now)
+            }
+            Command::UpdateOrg { org, emails, low_balance, suspended } => {
+                admin::update_org(self, tx, org, emails.as_deref(), low_balance.as_ref(), *suspended)
+            }
+            Command::CreateUser { org, upn, display_name, usage_location, phone_number } => {
+                admin::create_user(self, tx, org, upn, display_name, usage_location, phone_number.as_deref(), now)
+            }
             Command::UpdateUser(c) => admin::update_user(self, tx, c),
-            Command::AddSubscription { org, sku, quantity } => {
-                admin::add_subscription(self, tx, org, sku, *quantity)
+            Command::AddSubscription { org, sku, quantity } => admin::add_subscription(self, tx, org, sku, *quantity),
+            Command::SetLicenses { org, user, skus } => admin::set_licenses(self, tx, org, user, skus),
+            Command::AssignLicense { org, sku, users } => admin::change_license(self, tx, org, sku, users, true),
+            Command::RemoveLicense { org, sku, users } => admin::change_license(self, tx, org, sku, users, false),
+            Command::AddNumber { org, number, kind, user } => {
+                admin::add_number(self, tx, org, number, kind, user.as_deref(), now)
             }
-            Command::SetLicenses { org, user, skus } => {
-                admin::set_licenses(self, tx, org, user, skus)
-            }
-            Command::AssignLicense { org, sku, users } => {
-                admin::change_license(self, tx, org, sku, users, true)
-            }
-            Command::RemoveLicense { org, sku, users } => {
-                admin::change_license(self, tx, org, sku, users, false)
-            }
-            Command::AddNumber {
-                org,
-                number,
-                kind,
-                user,
-            } => admin::add_number(self, tx, org, number, kind, user.as_deref(), now),
-            Command::AddCard { org, token, holder } => {
-                admin::add_card(tx, org, token, holder.as_deref(), now)
-            }
-            Command::AddAgreement {
-                org,
-                agreement_number,
-            } => admin::add_agreement(tx, org, agreement_number, now),
-            Command::PlaceOrder {
-                org,
-                amount,
-                payment_method_id,
-                po_number,
-                purchased_at,
-            } => books::place_order(
+            Command::AddCard { org, token, holder } => admin::add_card(tx, org, token, holder.as_deref(), now),
+            Command::AddAgreement { org, agreement_number } => admin::add_agreement(tx, org, agreement_number, now),
+            Command::PlaceOrder { org, amount, payment_method_id, po_number, purchased_at } => books::place_order(
                 self,
                 tx,
                 org,
@@ -423,66 +357,34 @@ impl Engine {
                 now,
                 fx,
             ),
-            Command::CompleteOrder {
-                org,
-                order_id,
-                result,
-            } => books::complete_order(self, tx, org, order_id, result, now, fx),
-            Command::SetAutoRecharge {
-                org,
-                enabled,
-                amount,
-                threshold,
-                payment_method_id,
-            } => books::set_auto_recharge(
-                self,
-                tx,
-                org,
-                *enabled,
-                amount.as_deref(),
-                threshold.as_deref(),
-                payment_method_id.as_deref(),
-                now,
-                fx,
-            ),
-            Command::Authorize(req) => {
-                calls::authorize(self, tx, req, now, fx).map(Outcome::Authorized)
+            Command::CompleteOrder { org, order_id, result } => {
+                books::complete_order(self, tx, org, order_id, result, now, fx)
             }
-            Command::Update {
-                org,
-                call_id,
-                used_seconds,
-                requested_seconds,
-            } => calls::update(
-                self,
-                tx,
-                org,
-                call_id,
-                *used_seconds,
-                *requested_seconds,
-                now,
-                fx,
-            )
-            .map(Outcome::Updated),
-            Command::End {
-                org,
-                call_id,
-                duration_seconds,
-            } => calls::end(self, tx, org, call_id, *duration_seconds, false, now, fx)
-                .map(Outcome::Ended),
-            Command::TimeoutReservation { org, call_id } => {
-                calls::timeout(self, tx, org, call_id, now, fx)
+            Command::SetAutoRecharge { org, enabled, amount, threshold, payment_method_id } => {
+                books::set_auto_recharge(
+                    self,
+                    tx,
+                    org,
+                    *enabled,
+                    amount.as_deref(),
+                    threshold.as_deref(),
+                    payment_method_id.as_deref(),
+                    now,
+                    fx,
+                )
             }
+            Command::Authorize(req) => calls::authorize(self, tx, req, now, fx).map(Outcome::Authorized),
+            Command::Update { org, call_id, used_seconds, requested_seconds } => {
+                calls::update(self, tx, org, call_id, *used_seconds, *requested_seconds, now, fx).map(Outcome::Updated)
+            }
+            Command::End { org, call_id, duration_seconds } => {
+                calls::end(self, tx, org, call_id, *duration_seconds, false, now, fx).map(Outcome::Ended)
+            }
+            Command::TimeoutReservation { org, call_id } => calls::timeout(self, tx, org, call_id, now, fx),
             Command::ImportCdr(rec) => cdr::import_one(self, tx, rec, now, fx),
-            Command::ImportRates {
-                kind,
-                currency,
-                csv,
-            } => import_rates(tx, *kind, currency, csv, now),
+            Command::ImportRates { kind, currency, csv } => import_rates(tx, *kind, currency, csv, now),
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
-            Command::NotifyExpiring { org, lot_id } => {
-                books::notify_expiring(self, tx, org, lot_id, now)
-            }
+            Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now),
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
         }
     }
@@ -497,22 +399,13 @@ impl Engine {
             match by_name.len() {
                 1 => Ok(by_name.remove(0)),
                 0 => Err(err!(ErrorCode::OrgNotFound, "no organization '{text}'")),
-                n => Err(err!(
-                    ErrorCode::InvalidInput,
-                    "{n} organizations are named '{text}': use the id"
-                )),
+                n => Err(err!(ErrorCode::InvalidInput, "{n} organizations are named '{text}': use the id")),
             }
         })
     }
 }
 
-fn import_rates(
-    tx: &mut dyn Tx,
-    kind: DeckKind,
-    currency: &str,
-    csv: &str,
-    now: Timestamp,
-) -> Result<Outcome> {
+fn import_rates(tx: &mut dyn Tx, kind: DeckKind, currency: &str, csv: &str, now: Timestamp) -> Result<Outcome> {
     let cur = Currency::parse(currency)?;
     let deck = RateDeck::parse_csv(kind, cur, csv)?;
     tx.put_rate_deck(&RateDeckRow {
@@ -527,8 +420,7 @@ fn import_rates(
 
 /// Loads an organization or fails with `unknown_org`.
 pub(crate) fn org(tx: &mut dyn Tx, org_id: &str) -> Result<OrgRow> {
-    tx.get_org(org_id)?
-        .ok_or_else(|| err!(ErrorCode::OrgNotFound, "no organization '{org_id}'"))
+    tx.get_org(org_id)?.ok_or_else(|| err!(ErrorCode::OrgNotFound, "no organization '{org_id}'"))
 }
 
 pub(crate) fn new_id() -> String {

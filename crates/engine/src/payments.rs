@@ -88,7 +88,7 @@ pub fn luhn_valid(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 pub fn card_brand(digits: &str) -> &'static str {
@@ -125,27 +125,15 @@ pub const CARD_EXPIRED_AT_CHARGE: &str = "4000000000000069";
 
 impl PaymentGateway for SandboxGateway {
     fn tokenize_card(&self, card: &CardInput, now: Timestamp) -> Result<CardToken> {
-        let digits: String = card
-            .number
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-'))
-            .collect();
+        let digits: String = card.number.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
         if !luhn_valid(&digits) {
-            return Err(err!(
-                ErrorCode::InvalidCard,
-                "the card number is not valid (checksum)"
-            ));
+            return Err(err!(ErrorCode::InvalidCard, "the card number is not valid (checksum)"));
         }
         if !(1..=12).contains(&card.exp_month) {
             return Err(err!(ErrorCode::InvalidCard, "expiry month must be 1 to 12"));
         }
         if card_expired(card.exp_month, card.exp_year, now) {
-            return Err(err!(
-                ErrorCode::ExpiredCard,
-                "the card expired in {:02}/{}",
-                card.exp_month,
-                card.exp_year
-            ));
+            return Err(err!(ErrorCode::ExpiredCard, "the card expired in {:02}/{}", card.exp_month, card.exp_year));
         }
         // The token carries the sandbox outcome, as payment sandboxes' test tokens do.
         let behaviour = match digits.as_str() {
@@ -171,19 +159,13 @@ impl PaymentGateway for SandboxGateway {
         now: Timestamp,
     ) -> std::result::Result<String, PaymentFailure> {
         if amount_minor <= 0 {
-            return Err(PaymentFailure {
-                code: ErrorCode::InvalidAmount,
-                message: "amount must be positive".into(),
-            });
+            return Err(PaymentFailure { code: ErrorCode::InvalidAmount, message: "amount must be positive".into() });
         }
         if method.kind == "enterprise_agreement" {
             return Ok(format!("ea_{order_id}"));
         }
         let token = method.token.as_deref().unwrap_or("");
-        let (m, y) = (
-            method.exp_month.unwrap_or(0) as u32,
-            method.exp_year.unwrap_or(0) as i32,
-        );
+        let (m, y) = (method.exp_month.unwrap_or(0) as u32, method.exp_year.unwrap_or(0) as i32);
         if token.starts_with("sbx_expired_") || card_expired(m, y, now) {
             return Err(PaymentFailure {
                 code: ErrorCode::ExpiredCard,
@@ -198,17 +180,11 @@ impl PaymentGateway for SandboxGateway {
         if token.starts_with("sbx_decline_") {
             return Err(PaymentFailure {
                 code: ErrorCode::PaymentDeclined,
-                message: format!(
-                    "the card ending {} was declined",
-                    method.last4.as_deref().unwrap_or("????")
-                ),
+                message: format!("the card ending {} was declined", method.last4.as_deref().unwrap_or("????")),
             });
         }
         if !token.starts_with("sbx_ok_") {
-            return Err(PaymentFailure {
-                code: ErrorCode::PaymentDeclined,
-                message: "unknown card token".into(),
-            });
+            return Err(PaymentFailure { code: ErrorCode::PaymentDeclined, message: "unknown card token".into() });
         }
         Ok(format!("ch_{order_id}_{amount_minor}{currency}"))
     }
@@ -223,12 +199,7 @@ mod tests {
     }
 
     fn card(n: &str, m: u32, y: i32) -> CardInput {
-        CardInput {
-            number: n.into(),
-            exp_month: m,
-            exp_year: y,
-            holder: "A".into(),
-        }
+        CardInput { number: n.into(), exp_month: m, exp_year: y, holder: "A".into() }
     }
 
     #[test]
@@ -236,27 +207,19 @@ mod tests {
         let g = SandboxGateway;
         assert!(luhn_valid("4242424242424242"));
         assert!(!luhn_valid("4242424242424241"));
-        let t = g
-            .tokenize_card(&card("4242 4242 4242 4242", 12, 2030), now())
-            .unwrap();
+        let t = g.tokenize_card(&card("4242 4242 4242 4242", 12, 2030), now()).unwrap();
         assert_eq!((t.brand.as_str(), t.last4.as_str()), ("visa", "4242"));
         assert!(!t.token.contains("4242424242424242"));
         assert_eq!(
-            g.tokenize_card(&card("4242424242424241", 12, 2030), now())
-                .unwrap_err()
-                .code,
+            g.tokenize_card(&card("4242424242424241", 12, 2030), now()).unwrap_err().code,
             ErrorCode::InvalidCard
         );
         assert_eq!(
-            g.tokenize_card(&card("4242424242424242", 10, 2026), now())
-                .unwrap_err()
-                .code,
+            g.tokenize_card(&card("4242424242424242", 10, 2026), now()).unwrap_err().code,
             ErrorCode::ExpiredCard
         );
         // valid through the end of its expiry month
-        assert!(g
-            .tokenize_card(&card("4242424242424242", 11, 2026), now())
-            .is_ok());
+        assert!(g.tokenize_card(&card("4242424242424242", 11, 2026), now()).is_ok());
         assert_eq!(parse_expiry("07/2029").unwrap(), (7, 2029));
         assert_eq!(parse_expiry("07/29").unwrap(), (7, 2029));
         assert!(parse_expiry("13/2029").is_err());
@@ -281,33 +244,18 @@ mod tests {
                 created_at: now(),
             }
         };
-        assert!(g
-            .charge("o1", 5000, "USD", &pm("4242424242424242", 12, 2030), now())
-            .is_ok());
+        assert!(g.charge("o1", 5000, "USD", &pm("4242424242424242", 12, 2030), now()).is_ok());
         assert_eq!(
-            g.charge("o1", 5000, "USD", &pm(CARD_DECLINED, 12, 2030), now())
-                .unwrap_err()
-                .code,
+            g.charge("o1", 5000, "USD", &pm(CARD_DECLINED, 12, 2030), now()).unwrap_err().code,
             ErrorCode::PaymentDeclined
         );
         assert_eq!(
-            g.charge(
-                "o1",
-                5000,
-                "USD",
-                &pm(CARD_EXPIRED_AT_CHARGE, 12, 2030),
-                now()
-            )
-            .unwrap_err()
-            .code,
+            g.charge("o1", 5000, "USD", &pm(CARD_EXPIRED_AT_CHARGE, 12, 2030), now()).unwrap_err().code,
             ErrorCode::ExpiredCard
         );
         // valid when saved, expired by the time a recharge runs
         let saved = pm("4242424242424242", 11, 2026);
         let later: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
-        assert_eq!(
-            g.charge("o1", 5000, "USD", &saved, later).unwrap_err().code,
-            ErrorCode::ExpiredCard
-        );
+        assert_eq!(g.charge("o1", 5000, "USD", &saved, later).unwrap_err().code, ErrorCode::ExpiredCard);
     }
 }

@@ -25,10 +25,7 @@ impl Engine {
         self.read(|tx| {
             org(tx, org_id)?;
             let users = tx.list_users(org_id)?;
-            users
-                .iter()
-                .map(|u| Ok(UserView::new(u, tx.user_licenses(org_id, &u.user_id)?)))
-                .collect()
+            users.iter().map(|u| Ok(UserView::new(u, tx.user_licenses(org_id, &u.user_id)?))).collect()
         })
     }
 
@@ -48,12 +45,7 @@ impl Engine {
                 .into_iter()
                 .map(|(sku, quantity)| {
                     let assigned = tx.seats_used(org_id, &sku)?;
-                    Ok(SubscriptionView {
-                        sku,
-                        quantity,
-                        assigned,
-                        available: (quantity - assigned).max(0),
-                    })
+                    Ok(SubscriptionView { sku, quantity, assigned, available: (quantity - assigned).max(0) })
                 })
                 .collect()
         })
@@ -62,31 +54,21 @@ impl Engine {
     pub fn numbers(&self, org_id: &str) -> Result<Vec<NumberView>> {
         self.read(|tx| {
             org(tx, org_id)?;
-            Ok(tx
-                .list_numbers(org_id)?
-                .iter()
-                .map(NumberView::from)
-                .collect())
+            Ok(tx.list_numbers(org_id)?.iter().map(NumberView::from).collect())
         })
     }
 
     pub fn payment_methods(&self, org_id: &str) -> Result<Vec<PaymentMethodView>> {
         self.read(|tx| {
             org(tx, org_id)?;
-            Ok(tx
-                .list_payment_methods(org_id)?
-                .iter()
-                .map(PaymentMethodView::from)
-                .collect())
+            Ok(tx.list_payment_methods(org_id)?.iter().map(PaymentMethodView::from).collect())
         })
     }
 
     pub fn credits(&self, org_id: &str) -> Result<CreditsView> {
         self.read(|tx| {
             org(tx, org_id)?;
-            let a = tx
-                .get_account(org_id)?
-                .ok_or_else(|| err!(ErrorCode::Internal, "no account"))?;
+            let a = tx.get_account(org_id)?.ok_or_else(|| err!(ErrorCode::Internal, "no account"))?;
             let lots = tx.list_lots(org_id)?;
             Ok(CreditsView::new(&a, &lots))
         })
@@ -95,71 +77,43 @@ impl Engine {
     /// One page of the ledger after `cursor` (the `next_cursor` of the previous page).
     pub fn ledger(&self, org_id: &str, cursor: Option<&str>, limit: usize) -> Result<LedgerPage> {
         let after: i64 = match cursor {
-            Some(c) => c.parse().map_err(|_| {
-                err!(
-                    ErrorCode::InvalidInput,
-                    "cursor '{c}' is not one this API returned"
-                )
-            })?,
+            Some(c) => {
+                c.parse().map_err(|_| err!(ErrorCode::InvalidInput, "cursor '{c}' is not one this API returned"))?
+            }
             None => 0,
         };
         if limit == 0 || limit > MAX_PAGE {
-            return Err(err!(
-                ErrorCode::InvalidInput,
-                "limit must be 1 to {MAX_PAGE}"
-            ));
+            return Err(err!(ErrorCode::InvalidInput, "limit must be 1 to {MAX_PAGE}"));
         }
         self.read(|tx| {
             let o = org(tx, org_id)?;
             let rows = tx.list_ledger(org_id, after, limit + 1)?;
             let more = rows.len() > limit;
-            let entries: Vec<LedgerEntryView> = rows
-                .iter()
-                .take(limit)
-                .map(|e| LedgerEntryView::new(e, &o.currency))
-                .collect();
-            let next_cursor = if more {
-                entries.last().map(|e| e.seq.to_string())
-            } else {
-                None
-            };
-            Ok(LedgerPage {
-                entries,
-                next_cursor,
-            })
+            let entries: Vec<LedgerEntryView> =
+                rows.iter().take(limit).map(|e| LedgerEntryView::new(e, &o.currency)).collect();
+            let next_cursor = if more { entries.last().map(|e| e.seq.to_string()) } else { None };
+            Ok(LedgerPage { entries, next_cursor })
         })
     }
 
     pub fn orders(&self, org_id: &str) -> Result<Vec<OrderView>> {
         self.read(|tx| {
             org(tx, org_id)?;
-            Ok(tx
-                .list_orders(org_id)?
-                .iter()
-                .map(OrderView::from)
-                .collect())
+            Ok(tx.list_orders(org_id)?.iter().map(OrderView::from).collect())
         })
     }
 
     pub fn notices(&self, org_id: &str) -> Result<Vec<NoticeView>> {
         self.read(|tx| {
             org(tx, org_id)?;
-            Ok(tx
-                .list_notices(org_id)?
-                .iter()
-                .map(NoticeView::from)
-                .collect())
+            Ok(tx.list_notices(org_id)?.iter().map(NoticeView::from).collect())
         })
     }
 
     pub fn denials(&self, org_id: &str) -> Result<Vec<DenialView>> {
         self.read(|tx| {
             org(tx, org_id)?;
-            Ok(tx
-                .list_denials(org_id)?
-                .iter()
-                .map(DenialView::from)
-                .collect())
+            Ok(tx.list_denials(org_id)?.iter().map(DenialView::from).collect())
         })
     }
 
@@ -177,10 +131,7 @@ impl Engine {
             org(tx, org_id)?;
             let mut keys = pool_keys(self, tx, org_id)?;
             for row in tx.list_pool_usage(org_id, month.0)? {
-                keys.insert(PoolKey {
-                    scope: PoolScope::parse(&row.scope)?,
-                    kind: PoolKind::parse(&row.kind)?,
-                });
+                keys.insert(PoolKey { scope: PoolScope::parse(&row.scope)?, kind: PoolKind::parse(&row.kind)? });
             }
             keys.into_iter()
                 .map(|key| {

@@ -4,8 +4,14 @@
 
 use commcredits_core::catalog::PoolKind;
 use commcredits_core::pools::percent_used;
+use commcredits_core::Timestamp;
 use commcredits_store::*;
 use serde::Serialize;
+
+/// RFC 3339 in UTC to the second, as the API prints times.
+pub fn iso(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct OrgView {
@@ -29,7 +35,7 @@ impl From<&OrgRow> for OrgView {
             notification_emails: o.notification_emails.clone(),
             low_balance_level: o.low_balance_minor,
             suspended: o.suspended,
-            created_at: o.created_at.to_string(),
+            created_at: iso(o.created_at),
         }
     }
 }
@@ -60,7 +66,7 @@ impl UserView {
             dial_out_policy: u.dial_out.clone(),
             conference_dial_out_policy: u.conference_dial_out.clone(),
             spend_limit: u.spend_limit_minor,
-            created_at: u.created_at.to_string(),
+            created_at: iso(u.created_at),
         }
     }
 }
@@ -87,7 +93,7 @@ impl From<&NumberRow> for NumberView {
             number: n.number.clone(),
             kind: n.kind.clone(),
             user_id: n.user_id.clone(),
-            created_at: n.created_at.to_string(),
+            created_at: iso(n.created_at),
         }
     }
 }
@@ -126,7 +132,7 @@ impl From<&PaymentMethodRow> for PaymentMethodView {
                 holder: p.holder.clone(),
             }),
             agreement_number: p.agreement_number.clone(),
-            created_at: p.created_at.to_string(),
+            created_at: iso(p.created_at),
         }
     }
 }
@@ -149,8 +155,8 @@ impl From<&LotRow> for LotView {
             amount: l.amount_minor,
             remaining: l.remaining_minor,
             reserved: l.reserved_minor,
-            purchased_at: l.purchased_at.to_string(),
-            expires_at: l.expires_at.to_string(),
+            purchased_at: iso(l.purchased_at),
+            expires_at: iso(l.expires_at),
             expired: l.expired,
         }
     }
@@ -219,7 +225,7 @@ impl LedgerEntryView {
             lot_id: e.lot_id.clone(),
             call_id: e.call_id.clone(),
             order_id: e.order_id.clone(),
-            at: e.at.to_string(),
+            at: iso(e.at),
             memo: e.memo.clone(),
         }
     }
@@ -259,8 +265,8 @@ impl From<&OrderRow> for OrderView {
             status: o.status.clone(),
             failure_reason: o.failure_reason.clone(),
             lot_id: o.lot_id.clone(),
-            created_at: o.created_at.to_string(),
-            completed_at: o.completed_at.map(|t| t.to_string()),
+            created_at: iso(o.created_at),
+            completed_at: o.completed_at.map(iso),
         }
     }
 }
@@ -279,14 +285,7 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    pub fn new(
-        scope: &str,
-        kind: PoolKind,
-        month: String,
-        size: i64,
-        used: i64,
-        reserved: i64,
-    ) -> Self {
+    pub fn new(scope: &str, kind: PoolKind, month: String, size: i64, used: i64, reserved: i64) -> Self {
         PoolView {
             country: scope.to_string(),
             kind: kind.as_str().to_string(),
@@ -316,7 +315,7 @@ impl From<&NoticeRow> for NoticeView {
         NoticeView {
             id: n.notice_id.clone(),
             kind: n.kind.clone(),
-            created_at: n.created_at.to_string(),
+            created_at: iso(n.created_at),
             subject: n.subject.clone(),
             body: n.body.clone(),
             data: serde_json::from_str(&n.data).unwrap_or(serde_json::Value::Null),
@@ -398,7 +397,7 @@ pub struct DenialView {
 impl From<&DenialRow> for DenialView {
     fn from(d: &DenialRow) -> Self {
         DenialView {
-            at: d.at.to_string(),
+            at: iso(d.at),
             call_id: d.call_id.clone(),
             call_type: d.call_type.clone(),
             user_id: d.user_id.clone(),

@@ -12,23 +12,11 @@ fn purchase_call_on_credits_and_settle() {
     let e = engine();
     let now = t("2026-11-02T09:00:00Z");
     let o = setup(&e, now);
-    let order = e
-        .purchase(&o.id, "50.00", &o.card, None, None, now)
-        .unwrap();
+    let order = e.purchase(&o.id, "50.00", &o.card, None, None, now).unwrap();
     assert_eq!(order.status, "succeeded");
     assert_eq!(e.credits(&o.id).unwrap().balance, 5000);
     // Bob (GB, no plan) calls the US on credits.
-    let a = auth(
-        &e,
-        now,
-        &o.id,
-        "c1",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "+14155550100",
-        None,
-    );
+    let a = auth(&e, now, &o.id, "c1", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
     assert_eq!(a.decision, "allow", "{a:?}");
     assert_eq!(a.funding, "credits");
     assert_eq!(a.granted_seconds, 300);
@@ -58,72 +46,27 @@ fn plan_minutes_first_then_credits_within_one_call() {
     // Two US users with a domestic plan: pool of 6000 minutes. Use 5998 of it.
     for (i, minutes) in [1440u32, 1440, 1440, 1440, 238].into_iter().enumerate() {
         let id = format!("big{i}");
-        let a = auth(
-            &e,
-            now,
-            &o.id,
-            &id,
-            "outbound",
-            Some(&o.cy),
-            "+14155550100",
-            "+12125550199",
-            Some(minutes * 60),
-        );
-        assert_eq!(
-            (a.funding.as_str(), a.granted_seconds),
-            ("plan", minutes * 60)
-        );
+        let a = auth(&e, now, &o.id, &id, "outbound", Some(&o.cy), "+14155550100", "+12125550199", Some(minutes * 60));
+        assert_eq!((a.funding.as_str(), a.granted_seconds), ("plan", minutes * 60));
         end(&e, now, &o.id, &id, minutes * 60);
     }
     let pools = e.pools(&o.id, now).unwrap();
-    let us = pools
-        .iter()
-        .find(|p| p.country == "US" && p.kind == "domestic")
-        .unwrap();
+    let us = pools.iter().find(|p| p.country == "US" && p.kind == "domestic").unwrap();
     assert_eq!((us.size, us.used), (6000, 5998));
     // Ada (plan + credits) gets 2 plan minutes then credits for the rest.
-    let a = auth(
-        &e,
-        now,
-        &o.id,
-        "mixed",
-        "outbound",
-        Some(&o.ada),
-        "+14155550100",
-        "+12125550123",
-        Some(600),
-    );
+    let a = auth(&e, now, &o.id, "mixed", "outbound", Some(&o.ada), "+14155550100", "+12125550123", Some(600));
     assert_eq!(a.funding, "plan_and_credits", "{a:?}");
     assert_eq!(a.plan_minutes, 2);
     let v = end(&e, now, &o.id, "mixed", 300);
     assert_eq!(v.plan_minutes, 2);
     assert!(v.charge > 0);
     // Cy has no credits license: plan exhausted is the reason.
-    let d = auth(
-        &e,
-        now,
-        &o.id,
-        "cy2",
-        "outbound",
-        Some(&o.cy),
-        "+14155550100",
-        "+12125550123",
-        None,
-    );
+    let d = auth(&e, now, &o.id, "cy2", "outbound", Some(&o.cy), "+14155550100", "+12125550123", None);
     assert_eq!(d.decision, "deny");
     assert_eq!(d.reason.as_deref(), Some("plan_minutes_exhausted"));
     // Pool notices at 80% and 100% were written once each.
-    let kinds: Vec<String> = e
-        .notices(&o.id)
-        .unwrap()
-        .into_iter()
-        .map(|n| n.kind)
-        .collect();
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "pool_threshold").count(),
-        2,
-        "{kinds:?}"
-    );
+    let kinds: Vec<String> = e.notices(&o.id).unwrap().into_iter().map(|n| n.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "pool_threshold").count(), 2, "{kinds:?}");
     check(&e, &o.id);
 }
 
@@ -133,77 +76,19 @@ fn denials_have_reasons_and_emergency_is_free() {
     let now = t("2026-11-02T09:00:00Z");
     let o = setup(&e, now);
     // No funds: Bob is refused for lack of funds, and admins hear it once.
-    let d = auth(
-        &e,
-        now,
-        &o.id,
-        "d1",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "+14155550100",
-        None,
-    );
+    let d = auth(&e, now, &o.id, "d1", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
     assert_eq!(d.reason.as_deref(), Some("insufficient_funds"));
-    let d = auth(
-        &e,
-        now,
-        &o.id,
-        "d2",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "+14155550100",
-        None,
-    );
+    let d = auth(&e, now, &o.id, "d2", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
     assert_eq!(d.reason.as_deref(), Some("insufficient_funds"));
-    let exhausted = e
-        .notices(&o.id)
-        .unwrap()
-        .iter()
-        .filter(|n| n.kind == "balance_exhausted")
-        .count();
+    let exhausted = e.notices(&o.id).unwrap().iter().filter(|n| n.kind == "balance_exhausted").count();
     assert_eq!(exhausted, 1);
     // Emergency is allowed, free, whatever the balance.
-    let a = auth(
-        &e,
-        now,
-        &o.id,
-        "e1",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "999",
-        None,
-    );
-    assert_eq!(
-        (a.decision.as_str(), a.funding.as_str()),
-        ("allow", "emergency")
-    );
+    let a = auth(&e, now, &o.id, "e1", "outbound", Some(&o.bob), "+442079460000", "999", None);
+    assert_eq!((a.decision.as_str(), a.funding.as_str()), ("allow", "emergency"));
     assert_eq!(end(&e, now, &o.id, "e1", 600).charge, 0);
-    let d = auth(
-        &e,
-        now,
-        &o.id,
-        "d3",
-        "outbound",
-        Some("nobody@contoso.com"),
-        "+442079460000",
-        "+14155550100",
-        None,
-    );
+    let d = auth(&e, now, &o.id, "d3", "outbound", Some("nobody@contoso.com"), "+442079460000", "+14155550100", None);
     assert_eq!(d.reason.as_deref(), Some("unknown_user"));
-    let d = auth(
-        &e,
-        now,
-        &o.id,
-        "d4",
-        "toll_free_inbound",
-        None,
-        "+442079460000",
-        "+18005550100",
-        None,
-    );
+    let d = auth(&e, now, &o.id, "d4", "toll_free_inbound", None, "+442079460000", "+18005550100", None);
     assert_eq!(d.reason.as_deref(), Some("unknown_number"));
     e.apply_one(
         now,
@@ -215,17 +100,7 @@ fn denials_have_reasons_and_emergency_is_free() {
         }),
     )
     .unwrap();
-    let d = auth(
-        &e,
-        now,
-        &o.id,
-        "d5",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "+14155550100",
-        None,
-    );
+    let d = auth(&e, now, &o.id, "d5", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
     assert_eq!(d.reason.as_deref(), Some("destination_not_allowed"));
     assert_eq!(e.denials(&o.id).unwrap().len(), 5);
     // Malformed input is an error with a code, not a denial.
@@ -267,35 +142,15 @@ fn auto_recharge_once_per_crossing_and_expired_card_fails() {
     // Several calls take the balance below 45: one recharge.
     for i in 0..6 {
         let id = format!("c{i}");
-        let a = auth(
-            &e,
-            now,
-            &o.id,
-            &id,
-            "outbound",
-            Some(&o.bob),
-            "+442079460000",
-            "+447400123456",
-            Some(3600),
-        );
+        let a = auth(&e, now, &o.id, &id, "outbound", Some(&o.bob), "+442079460000", "+447400123456", Some(3600));
         assert_eq!(a.decision, "allow");
         end(&e, now, &o.id, &id, 3600);
     }
     let orders = e.orders(&o.id).unwrap();
-    let recharges: Vec<_> = orders
-        .iter()
-        .filter(|o| o.kind == "auto_recharge")
-        .collect();
+    let recharges: Vec<_> = orders.iter().filter(|o| o.kind == "auto_recharge").collect();
     assert_eq!(recharges.len(), 1, "{orders:?}");
     assert_eq!(recharges[0].status, "succeeded");
-    assert_eq!(
-        e.notices(&o.id)
-            .unwrap()
-            .iter()
-            .filter(|n| n.kind == "recharge_succeeded")
-            .count(),
-        1
-    );
+    assert_eq!(e.notices(&o.id).unwrap().iter().filter(|n| n.kind == "recharge_succeeded").count(), 1);
     check(&e, &o.id);
 
     // A card valid when saved that has expired when the recharge runs.
@@ -303,26 +158,11 @@ fn auto_recharge_once_per_crossing_and_expired_card_fails() {
     let token = e
         .gateway()
         .tokenize_card(
-            &CardInput {
-                number: "5555555555554444".into(),
-                exp_month: 11,
-                exp_year: 2026,
-                holder: "x".into(),
-            },
+            &CardInput { number: "5555555555554444".into(), exp_month: 11, exp_year: 2026, holder: "x".into() },
             now,
         )
         .unwrap();
-    let short = common::created(
-        e.apply_one(
-            now,
-            Command::AddCard {
-                org: o.id.clone(),
-                token,
-                holder: None,
-            },
-        )
-        .unwrap(),
-    );
+    let short = common::created(e.apply_one(now, Command::AddCard { org: o.id.clone(), token, holder: None }).unwrap());
     let bal = e.credits(&o.id).unwrap().available;
     let threshold = format!("{}.{:02}", bal / 100, bal % 100);
     e.apply_one(
@@ -336,17 +176,7 @@ fn auto_recharge_once_per_crossing_and_expired_card_fails() {
         },
     )
     .unwrap();
-    let a = auth(
-        &e,
-        later,
-        &o.id,
-        "late",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "+14155550100",
-        Some(60),
-    );
+    let a = auth(&e, later, &o.id, "late", "outbound", Some(&o.bob), "+442079460000", "+14155550100", Some(60));
     assert_eq!(a.decision, "allow");
     end(&e, later, &o.id, "late", 60);
     let orders = e.orders(&o.id).unwrap();
@@ -364,84 +194,31 @@ fn purchases_are_validated() {
     let e = engine();
     let now = t("2026-11-02T09:00:00Z");
     let o = setup(&e, now);
+    assert_eq!(e.purchase(&o.id, "49.99", &o.card, None, None, now).unwrap_err().code, ErrorCode::BelowMinimumPurchase);
+    assert_eq!(e.purchase(&o.id, "0", &o.card, None, None, now).unwrap_err().code, ErrorCode::InvalidAmount);
+    assert_eq!(e.purchase(&o.id, "-50", &o.card, None, None, now).unwrap_err().code, ErrorCode::InvalidAmount);
     assert_eq!(
-        e.purchase(&o.id, "49.99", &o.card, None, None, now)
-            .unwrap_err()
-            .code,
-        ErrorCode::BelowMinimumPurchase
-    );
-    assert_eq!(
-        e.purchase(&o.id, "0", &o.card, None, None, now)
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidAmount
-    );
-    assert_eq!(
-        e.purchase(&o.id, "-50", &o.card, None, None, now)
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidAmount
-    );
-    assert_eq!(
-        e.purchase(&o.id, "99999999999999999999", &o.card, None, None, now)
-            .unwrap_err()
-            .code,
+        e.purchase(&o.id, "99999999999999999999", &o.card, None, None, now).unwrap_err().code,
         ErrorCode::AmountOverflow
     );
-    assert_eq!(
-        e.purchase(&o.id, "50", "nope", None, None, now)
-            .unwrap_err()
-            .code,
-        ErrorCode::PaymentMethodNotFound
-    );
+    assert_eq!(e.purchase(&o.id, "50", "nope", None, None, now).unwrap_err().code, ErrorCode::PaymentMethodNotFound);
     let token = e
         .gateway()
         .tokenize_card(
-            &CardInput {
-                number: "4000000000000002".into(),
-                exp_month: 1,
-                exp_year: 2030,
-                holder: "x".into(),
-            },
+            &CardInput { number: "4000000000000002".into(), exp_month: 1, exp_year: 2030, holder: "x".into() },
             now,
         )
         .unwrap();
-    let declined = common::created(
-        e.apply_one(
-            now,
-            Command::AddCard {
-                org: o.id.clone(),
-                token,
-                holder: None,
-            },
-        )
-        .unwrap(),
-    );
-    assert_eq!(
-        e.purchase(&o.id, "50", &declined, None, None, now)
-            .unwrap_err()
-            .code,
-        ErrorCode::PaymentDeclined
-    );
+    let declined =
+        common::created(e.apply_one(now, Command::AddCard { org: o.id.clone(), token, holder: None }).unwrap());
+    assert_eq!(e.purchase(&o.id, "50", &declined, None, None, now).unwrap_err().code, ErrorCode::PaymentDeclined);
     let orders = e.orders(&o.id).unwrap();
     assert_eq!(orders.len(), 1);
-    assert_eq!(
-        orders[0].failure_reason.as_deref(),
-        Some("payment_declined")
-    );
+    assert_eq!(orders[0].failure_reason.as_deref(), Some("payment_declined"));
     let ea = common::created(
-        e.apply_one(
-            now,
-            Command::AddAgreement {
-                org: o.id.clone(),
-                agreement_number: "EA-1234".into(),
-            },
-        )
-        .unwrap(),
+        e.apply_one(now, Command::AddAgreement { org: o.id.clone(), agreement_number: "EA-1234".into() }).unwrap(),
     );
-    let ok = e
-        .purchase(&o.id, "500", &ea, Some("PO-77"), None, now)
-        .unwrap();
+    let ok = e.purchase(&o.id, "500", &ea, Some("PO-77"), None, now).unwrap();
     assert_eq!(ok.po_number.as_deref(), Some("PO-77"));
     assert_eq!(e.credits(&o.id).unwrap().balance, 50000);
     check(&e, &o.id);
@@ -453,24 +230,8 @@ fn lots_expire_after_twelve_months_and_are_written_off() {
     let now = t("2026-11-02T09:00:00Z");
     let o = setup(&e, now);
     // A purchase migrated from Feb 29 2024 expired on Feb 28 2025; one from Jan 31 2026 expires Jan 31 2027.
-    e.purchase(
-        &o.id,
-        "60",
-        &o.card,
-        None,
-        Some(t("2024-02-29T12:00:00Z")),
-        now,
-    )
-    .unwrap();
-    e.purchase(
-        &o.id,
-        "70",
-        &o.card,
-        None,
-        Some(t("2026-01-31T12:00:00Z")),
-        now,
-    )
-    .unwrap();
+    e.purchase(&o.id, "60", &o.card, None, Some(t("2024-02-29T12:00:00Z")), now).unwrap();
+    e.purchase(&o.id, "70", &o.card, None, Some(t("2026-01-31T12:00:00Z")), now).unwrap();
     let c = e.credits(&o.id).unwrap();
     assert_eq!(c.balance, 7000, "{c:?}");
     let old = c.lots.iter().find(|l| l.amount == 6000).unwrap();
@@ -497,49 +258,19 @@ fn reservations_time_out_and_settle_last_reported_usage() {
     let now = t("2026-11-02T09:00:00Z");
     let o = setup(&e, now);
     e.purchase(&o.id, "50", &o.card, None, None, now).unwrap();
-    let a = auth(
-        &e,
-        now,
-        &o.id,
-        "c1",
-        "outbound",
-        Some(&o.bob),
-        "+442079460000",
-        "+14155550100",
-        Some(120),
-    );
+    let a = auth(&e, now, &o.id, "c1", "outbound", Some(&o.bob), "+442079460000", "+14155550100", Some(120));
     assert_eq!(a.granted_seconds, 120);
     let u = update(&e, t("2026-11-02T09:01:50Z"), &o.id, "c1", 110, 120);
     assert_eq!(u.granted_seconds, 120);
     assert_eq!(u.total_granted_seconds, 230);
     // Nothing more: at 09:01:50 + 120 s + 30 s grace the reservation expires.
-    assert_eq!(
-        e.run_jobs(t("2026-11-02T09:04:19Z"))
-            .unwrap()
-            .reservations_expired,
-        0
-    );
-    assert_eq!(
-        e.run_jobs(t("2026-11-02T09:04:20Z"))
-            .unwrap()
-            .reservations_expired,
-        1
-    );
-    let cdr = &e
-        .cdrs(&o.id, t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"))
-        .unwrap()[0];
+    assert_eq!(e.run_jobs(t("2026-11-02T09:04:19Z")).unwrap().reservations_expired, 0);
+    assert_eq!(e.run_jobs(t("2026-11-02T09:04:20Z")).unwrap().reservations_expired, 1);
+    let cdr = &e.cdrs(&o.id, t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z")).unwrap()[0];
     assert_eq!(cdr.duration_seconds, 110);
     assert_eq!(e.credits(&o.id).unwrap().reserved, 0);
-    let err = e
-        .apply_one(
-            now,
-            Command::End {
-                org: o.id.clone(),
-                call_id: "nope".into(),
-                duration_seconds: 1,
-            },
-        )
-        .unwrap_err();
+    let err =
+        e.apply_one(now, Command::End { org: o.id.clone(), call_id: "nope".into(), duration_seconds: 1 }).unwrap_err();
     assert_eq!(err.code, ErrorCode::UnknownCall);
     check(&e, &o.id);
 }
@@ -565,23 +296,11 @@ fn licenses_seats_and_requirements() {
     let err = e
         .apply_one(
             now,
-            Command::AssignLicense {
-                org: o.id.clone(),
-                sku: "calling_plan_domestic".into(),
-                users: vec![u.clone()],
-            },
+            Command::AssignLicense { org: o.id.clone(), sku: "calling_plan_domestic".into(), users: vec![u.clone()] },
         )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::LicenseRequiresPhoneSystem);
-    e.apply_one(
-        now,
-        Command::AddSubscription {
-            org: o.id.clone(),
-            sku: "e5".into(),
-            quantity: 1,
-        },
-    )
-    .unwrap();
+    e.apply_one(now, Command::AddSubscription { org: o.id.clone(), sku: "e5".into(), quantity: 1 }).unwrap();
     e.apply_one(
         now,
         Command::SetLicenses {
@@ -592,18 +311,8 @@ fn licenses_seats_and_requirements() {
     )
     .unwrap();
     let pools = e.pools(&o.id, now).unwrap();
-    assert!(
-        pools
-            .iter()
-            .any(|p| p.country == "DE" && p.kind == "domestic" && p.size == 1200),
-        "{pools:?}"
-    );
-    assert!(
-        pools
-            .iter()
-            .any(|p| p.country == "*" && p.kind == "conferencing" && p.size == 60),
-        "{pools:?}"
-    );
+    assert!(pools.iter().any(|p| p.country == "DE" && p.kind == "domestic" && p.size == 1200), "{pools:?}");
+    assert!(pools.iter().any(|p| p.country == "*" && p.kind == "conferencing" && p.size == 60), "{pools:?}");
     // Bulk assignment is all-or-nothing: 5 credits seats, 2 used, 4 asked.
     let extra: Vec<String> = (0..4)
         .map(|i| {
@@ -625,33 +334,18 @@ fn licenses_seats_and_requirements() {
     let err = e
         .apply_one(
             now,
-            Command::AssignLicense {
-                org: o.id.clone(),
-                sku: "communications_credits".into(),
-                users: extra.clone(),
-            },
+            Command::AssignLicense { org: o.id.clone(), sku: "communications_credits".into(), users: extra.clone() },
         )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NoFreeSeat);
     assert!(
-        e.users(&o.id)
-            .unwrap()
-            .iter()
-            .filter(|u| u.licenses.contains(&"communications_credits".to_string()))
-            .count()
+        e.users(&o.id).unwrap().iter().filter(|u| u.licenses.contains(&"communications_credits".to_string())).count()
             == 2
     );
     assert_eq!(
-        e.apply_one(
-            now,
-            Command::AssignLicense {
-                org: o.id.clone(),
-                sku: "nope".into(),
-                users: extra
-            }
-        )
-        .unwrap_err()
-        .code,
+        e.apply_one(now, Command::AssignLicense { org: o.id.clone(), sku: "nope".into(), users: extra })
+            .unwrap_err()
+            .code,
         ErrorCode::InvalidSku
     );
     let dup = e

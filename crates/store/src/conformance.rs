@@ -94,51 +94,24 @@ pub fn orgs_and_users_round_trip(open: Factory) {
         tx.insert_user(&u)?;
         tx.set_subscription("o1", "phone_system", 5)?;
         tx.set_subscription("o1", "phone_system", 7)?;
-        tx.set_user_licenses(
-            "o1",
-            "u1",
-            &["phone_system".into(), "calling_plan_domestic".into()],
-        )
+        tx.set_user_licenses("o1", "u1", &["phone_system".into(), "calling_plan_domestic".into()])
     })
     .unwrap();
     assert_eq!(read(&*s, |tx| tx.get_org("o1")), Some(o.clone()));
     assert_eq!(read(&*s, |tx| tx.get_org("nope")), None);
     assert_eq!(read(&*s, |tx| tx.find_org_by_name("Org o1")).len(), 1);
-    assert_eq!(
-        read(&*s, |tx| tx.get_user_by_upn("o1", "ada@example.com")),
-        Some(u.clone())
-    );
+    assert_eq!(read(&*s, |tx| tx.get_user_by_upn("o1", "ada@example.com")), Some(u.clone()));
     // Another organization never sees this one's users.
     assert_eq!(read(&*s, |tx| tx.get_user("o2", "u1")), None);
-    assert_eq!(
-        read(&*s, |tx| tx.list_subscriptions("o1")),
-        vec![("phone_system".to_string(), 7)]
-    );
+    assert_eq!(read(&*s, |tx| tx.list_subscriptions("o1")), vec![("phone_system".to_string(), 7)]);
     assert_eq!(read(&*s, |tx| tx.seats_used("o1", "phone_system")), 1);
-    assert_eq!(
-        read(&*s, |tx| tx.count_licensed_users(
-            "o1",
-            Some("US"),
-            &["calling_plan_domestic".into()]
-        )),
-        1
-    );
-    assert_eq!(
-        read(&*s, |tx| tx.count_licensed_users(
-            "o1",
-            Some("GB"),
-            &["calling_plan_domestic".into()]
-        )),
-        0
-    );
+    assert_eq!(read(&*s, |tx| tx.count_licensed_users("o1", Some("US"), &["calling_plan_domestic".into()])), 1);
+    assert_eq!(read(&*s, |tx| tx.count_licensed_users("o1", Some("GB"), &["calling_plan_domestic".into()])), 0);
     let mut changed = u.clone();
     changed.spend_limit_minor = None;
     changed.dial_out = "disabled".into();
     write(&*s, |tx| tx.update_user(&changed)).unwrap();
-    assert_eq!(
-        read(&*s, |tx| tx.get_user("o1", "u1")),
-        Some(changed.clone())
-    );
+    assert_eq!(read(&*s, |tx| tx.get_user("o1", "u1")), Some(changed.clone()));
 }
 
 pub fn failed_write_leaves_nothing(open: Factory) {
@@ -172,10 +145,7 @@ pub fn savepoints_isolate_commands_in_a_batch(open: Factory) {
         Ok(())
     })
     .unwrap();
-    let ids: Vec<String> = read(&*s, |tx| tx.list_orgs())
-        .into_iter()
-        .map(|o| o.org_id)
-        .collect();
+    let ids: Vec<String> = read(&*s, |tx| tx.list_orgs()).into_iter().map(|o| o.org_id).collect();
     assert_eq!(ids, vec!["a".to_string(), "c".to_string()]);
 }
 
@@ -197,10 +167,7 @@ pub fn ledger_is_append_only_and_paginates(open: Factory) {
     assert_eq!(page2.len(), 1);
     assert_eq!(page2[0].amount_minor, -30);
     let totals = read(&*s, |tx| tx.ledger_totals("o1"));
-    assert_eq!(
-        totals,
-        vec![("charge".to_string(), -150), ("purchase".to_string(), 5000)]
-    );
+    assert_eq!(totals, vec![("charge".to_string(), -150), ("purchase".to_string(), 5000)]);
 }
 
 pub fn accounts_and_lots_round_trip_and_refuse_negative_available(open: Factory) {
@@ -237,10 +204,7 @@ pub fn accounts_and_lots_round_trip_and_refuse_negative_available(open: Factory)
     write(&*s, |tx| tx.update_lot(&spent)).unwrap();
     assert!(read(&*s, |tx| tx.open_lots("o1")).is_empty());
     assert_eq!(read(&*s, |tx| tx.list_lots("o1")).len(), 1);
-    assert_eq!(
-        read(&*s, |tx| tx.due_lots(t("2025-03-01T00:00:00Z"), 10)),
-        vec![("o1".to_string(), "l1".to_string())]
-    );
+    assert_eq!(read(&*s, |tx| tx.due_lots(t("2025-03-01T00:00:00Z"), 10)), vec![("o1".to_string(), "l1".to_string())]);
     assert!(read(&*s, |tx| tx.due_lots(t("2025-02-28T11:59:59Z"), 10)).is_empty());
 }
 
@@ -294,10 +258,7 @@ pub fn orders_pools_spend_and_notices(open: Factory) {
         tx.insert_notice(&notice)
     })
     .unwrap();
-    assert_eq!(
-        read(&*s, |tx| tx.pending_orders(10)),
-        vec![("o1".to_string(), "ord1".to_string())]
-    );
+    assert_eq!(read(&*s, |tx| tx.pending_orders(10)), vec![("o1".to_string(), "ord1".to_string())]);
     o.status = "failed".into();
     o.failure_reason = Some("expired_card".into());
     o.completed_at = Some(t("2026-03-01T00:00:02Z"));
@@ -308,17 +269,9 @@ pub fn orders_pools_spend_and_notices(open: Factory) {
     p2.used_minutes = 15;
     p2.notified_80 = true;
     write(&*s, |tx| tx.put_pool_usage(&p2)).unwrap();
-    assert_eq!(
-        read(&*s, |tx| tx.get_pool_usage("o1", 202603, "US", "domestic")),
-        Some(p2.clone())
-    );
+    assert_eq!(read(&*s, |tx| tx.get_pool_usage("o1", 202603, "US", "domestic")), Some(p2.clone()));
     assert!(read(&*s, |tx| tx.list_pool_usage("o1", 202604)).is_empty());
-    assert_eq!(
-        read(&*s, |tx| tx.get_user_spend("o1", "u1", 202603))
-            .unwrap()
-            .spent_minor,
-        10
-    );
+    assert_eq!(read(&*s, |tx| tx.get_user_spend("o1", "u1", 202603)).unwrap().spent_minor, 10);
     let n = read(&*s, |tx| tx.list_notices("o1"));
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].data, notice.data);
@@ -356,24 +309,12 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
         emergency: false,
     };
     write(&*s, |tx| tx.insert_reservation(&r)).unwrap();
-    assert!(
-        write(&*s, |tx| tx.insert_reservation(&r)).is_err(),
-        "call ids are unique per organization"
-    );
-    assert_eq!(
-        read(&*s, |tx| tx.get_reservation("o1", "c1")),
-        Some(r.clone())
-    );
+    assert!(write(&*s, |tx| tx.insert_reservation(&r)).is_err(), "call ids are unique per organization");
+    assert_eq!(read(&*s, |tx| tx.get_reservation("o1", "c1")), Some(r.clone()));
     assert_eq!(read(&*s, |tx| tx.count_pending_reservations("o1")), 1);
-    assert_eq!(
-        read(&*s, |tx| tx.pending_reservations("o1")),
-        vec![r.clone()]
-    );
+    assert_eq!(read(&*s, |tx| tx.pending_reservations("o1")), vec![r.clone()]);
     assert!(read(&*s, |tx| tx.due_reservations(t("2026-03-01T10:05:29Z"), 10)).is_empty());
-    assert_eq!(
-        read(&*s, |tx| tx.due_reservations(t("2026-03-01T10:05:30Z"), 10)).len(),
-        1
-    );
+    assert_eq!(read(&*s, |tx| tx.due_reservations(t("2026-03-01T10:05:30Z"), 10)).len(), 1);
     let mut done = r.clone();
     done.state = "settled".into();
     done.used_seconds = 125;
@@ -419,25 +360,9 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
     })
     .unwrap();
     assert_eq!(read(&*s, |tx| tx.get_cdr("o1", "c1")), Some(cdr.clone()));
-    assert_eq!(
-        read(&*s, |tx| tx.list_cdrs(
-            "o1",
-            t("2026-03-01T00:00:00Z"),
-            t("2026-03-02T00:00:00Z")
-        ))
-        .len(),
-        1
-    );
-    assert!(read(&*s, |tx| tx.list_cdrs(
-        "o1",
-        t("2026-03-01T10:00:01Z"),
-        t("2026-03-02T00:00:00Z")
-    ))
-    .is_empty());
-    assert_eq!(
-        read(&*s, |tx| tx.list_denials("o1"))[0].reason,
-        "insufficient_funds"
-    );
+    assert_eq!(read(&*s, |tx| tx.list_cdrs("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"))).len(), 1);
+    assert!(read(&*s, |tx| tx.list_cdrs("o1", t("2026-03-01T10:00:01Z"), t("2026-03-02T00:00:00Z"))).is_empty());
+    assert_eq!(read(&*s, |tx| tx.list_denials("o1"))[0].reason, "insufficient_funds");
 }
 
 pub fn rate_decks_replace(open: Factory) {
@@ -483,10 +408,7 @@ pub fn concurrent_writers_lose_nothing(open: Factory) {
     for th in threads {
         th.join().unwrap();
     }
-    assert_eq!(
-        read(&*s, |tx| tx.get_account("o1")).unwrap().balance_minor,
-        200
-    );
+    assert_eq!(read(&*s, |tx| tx.get_account("o1")).unwrap().balance_minor, 200);
 }
 
 /// Reads refuse to write.

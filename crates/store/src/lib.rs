@@ -57,20 +57,14 @@ pub trait Tx {
     /// Seats in use per SKU (direct assignments).
     fn seats_used(&mut self, org_id: &str, sku: &str) -> Result<i64>;
     /// Users of `country` (all users when None) holding any of `skus` directly.
-    fn count_licensed_users(
-        &mut self,
-        org_id: &str,
-        country: Option<&str>,
-        skus: &[String],
-    ) -> Result<i64>;
+    fn count_licensed_users(&mut self, org_id: &str, country: Option<&str>, skus: &[String]) -> Result<i64>;
 
     // -- numbers and payment methods --
     fn insert_number(&mut self, n: &NumberRow) -> Result<()>;
     fn get_number(&mut self, org_id: &str, number: &str) -> Result<Option<NumberRow>>;
     fn list_numbers(&mut self, org_id: &str) -> Result<Vec<NumberRow>>;
     fn insert_payment_method(&mut self, pm: &PaymentMethodRow) -> Result<()>;
-    fn get_payment_method(&mut self, org_id: &str, pm_id: &str)
-        -> Result<Option<PaymentMethodRow>>;
+    fn get_payment_method(&mut self, org_id: &str, pm_id: &str) -> Result<Option<PaymentMethodRow>>;
     fn list_payment_methods(&mut self, org_id: &str) -> Result<Vec<PaymentMethodRow>>;
 
     // -- money --
@@ -85,8 +79,7 @@ pub trait Tx {
     /// Appends to the ledger; returns the entry's sequence number.
     fn append_ledger(&mut self, e: &LedgerRow) -> Result<i64>;
     /// Entries with seq > `after_seq`, oldest first, at most `limit`.
-    fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize)
-        -> Result<Vec<LedgerRow>>;
+    fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>>;
     /// Sum of amounts per ledger kind.
     fn ledger_totals(&mut self, org_id: &str) -> Result<Vec<(String, i64)>>;
     fn insert_order(&mut self, o: &OrderRow) -> Result<()>;
@@ -95,21 +88,10 @@ pub trait Tx {
     fn list_orders(&mut self, org_id: &str) -> Result<Vec<OrderRow>>;
 
     // -- pools and per-user spend --
-    fn get_pool_usage(
-        &mut self,
-        org_id: &str,
-        month: i32,
-        scope: &str,
-        kind: &str,
-    ) -> Result<Option<PoolUsageRow>>;
+    fn get_pool_usage(&mut self, org_id: &str, month: i32, scope: &str, kind: &str) -> Result<Option<PoolUsageRow>>;
     fn put_pool_usage(&mut self, p: &PoolUsageRow) -> Result<()>;
     fn list_pool_usage(&mut self, org_id: &str, month: i32) -> Result<Vec<PoolUsageRow>>;
-    fn get_user_spend(
-        &mut self,
-        org_id: &str,
-        user_id: &str,
-        month: i32,
-    ) -> Result<Option<UserSpendRow>>;
+    fn get_user_spend(&mut self, org_id: &str, user_id: &str, month: i32) -> Result<Option<UserSpendRow>>;
     fn put_user_spend(&mut self, s: &UserSpendRow) -> Result<()>;
 
     // -- calls --
@@ -131,11 +113,7 @@ pub trait Tx {
 
     // -- background scans (bounded by `limit`) --
     fn due_lots(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
-    fn lots_expiring_before(
-        &mut self,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>>;
+    fn lots_expiring_before(&mut self, before: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
     fn due_reservations(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
     fn pending_orders(&mut self, limit: usize) -> Result<Vec<(String, String)>>;
 

@@ -33,8 +33,7 @@ pub(crate) fn ts(us: i64) -> Timestamp {
 }
 
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(e("busy_timeout"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(e("busy_timeout"))?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA cache_size=-65536;",
     )
@@ -48,24 +47,14 @@ impl SqliteStore {
         let (path, tmp) = if url == "sqlite::memory:" {
             // A real file in a private temp directory, so readers and the writer share it.
             let dir = tempfile::tempdir().map_err(|err| store_error("tempdir", err))?;
-            (
-                dir.path()
-                    .join("commcredits.db")
-                    .to_string_lossy()
-                    .into_owned(),
-                Some(dir),
-            )
+            (dir.path().join("commcredits.db").to_string_lossy().into_owned(), Some(dir))
         } else {
-            (
-                url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
-                None,
-            )
+            (url.strip_prefix("sqlite://").unwrap_or(url).to_string(), None)
         };
         if path.is_empty() {
             return Err(Error::new(ErrorCode::InvalidInput, "empty database path"));
         }
-        let writer = Connection::open(&path)
-            .map_err(|err| store_error(&format!("cannot open {path}"), err))?;
+        let writer = Connection::open(&path).map_err(|err| store_error(&format!("cannot open {path}"), err))?;
         configure(&writer)?;
         migrate(&writer)?;
         Ok(SqliteStore {
@@ -92,22 +81,18 @@ fn poisoned() -> Error {
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
-        .map_err(e("migrations table"))?;
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(e("begin migration"))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(e("migrations table"))?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(e("begin migration"))?;
     let result = (|| {
         let current: i64 = conn
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
             .map_err(e("read schema version"))?;
         for (version, sql) in MIGRATIONS {
             if *version > current {
-                conn.execute_batch(sql)
-                    .map_err(|err| store_error(&format!("migration {version}"), err))?;
+                conn.execute_batch(sql).map_err(|err| store_error(&format!("migration {version}"), err))?;
                 conn.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                     params![version, micros(Timestamp::now())],
@@ -130,10 +115,7 @@ impl Store for SqliteStore {
     fn write(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
         let conn = self.writer.lock().map_err(|_| poisoned())?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(e("begin"))?;
-        let mut tx = SqliteTx {
-            conn: &conn,
-            depth: 0,
-        };
+        let mut tx = SqliteTx { conn: &conn, depth: 0 };
         match f(&mut tx) {
             Ok(()) => conn.execute_batch("COMMIT").map_err(|err| {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -148,12 +130,8 @@ impl Store for SqliteStore {
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
         let conn = self.reader()?;
-        conn.execute_batch("PRAGMA query_only=ON; BEGIN")
-            .map_err(e("begin read"))?;
-        let result = f(&mut SqliteTx {
-            conn: &conn,
-            depth: 0,
-        });
+        conn.execute_batch("PRAGMA query_only=ON; BEGIN").map_err(e("begin read"))?;
+        let result = f(&mut SqliteTx { conn: &conn, depth: 0 });
         let _ = conn.execute_batch("COMMIT; PRAGMA query_only=OFF");
         if let Ok(mut pool) = self.readers.lock() {
             if pool.len() < 8 {
@@ -167,10 +145,7 @@ impl Store for SqliteStore {
         if self._tmp.is_some() {
             "sqlite::memory:".into()
         } else {
-            format!(
-                "sqlite://{}",
-                self.url.strip_prefix("sqlite://").unwrap_or(&self.url)
-            )
+            format!("sqlite://{}", self.url.strip_prefix("sqlite://").unwrap_or(&self.url))
         }
     }
 }
@@ -182,11 +157,7 @@ struct SqliteTx<'c> {
 
 impl SqliteTx<'_> {
     fn exec(&self, context: &str, sql: &str, p: impl rusqlite::Params) -> Result<usize> {
-        self.conn
-            .prepare_cached(sql)
-            .map_err(e(context))?
-            .execute(p)
-            .map_err(e(context))
+        self.conn.prepare_cached(sql).map_err(e(context))?.execute(p).map_err(e(context))
     }
 
     fn one<T>(
@@ -196,12 +167,7 @@ impl SqliteTx<'_> {
         p: impl rusqlite::Params,
         map: impl FnOnce(&Row) -> rusqlite::Result<T>,
     ) -> Result<Option<T>> {
-        self.conn
-            .prepare_cached(sql)
-            .map_err(e(context))?
-            .query_row(p, map)
-            .optional()
-            .map_err(e(context))
+        self.conn.prepare_cached(sql).map_err(e(context))?.query_row(p, map).optional().map_err(e(context))
     }
 
     fn many<T>(
@@ -213,8 +179,7 @@ impl SqliteTx<'_> {
     ) -> Result<Vec<T>> {
         let mut st = self.conn.prepare_cached(sql).map_err(e(context))?;
         let rows = st.query_map(p, map).map_err(e(context))?;
-        rows.collect::<rusqlite::Result<Vec<T>>>()
-            .map_err(e(context))
+        rows.collect::<rusqlite::Result<Vec<T>>>().map_err(e(context))
     }
 }
 
@@ -226,11 +191,7 @@ fn org_row(r: &Row) -> rusqlite::Result<OrgRow> {
         name: r.get(1)?,
         currency: r.get(2)?,
         country: r.get(3)?,
-        notification_emails: emails
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
+        notification_emails: emails.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
         low_balance_minor: r.get(5)?,
         suspended: r.get(6)?,
         created_at: ts(r.get(7)?),
@@ -253,7 +214,8 @@ fn user_row(r: &Row) -> rusqlite::Result<UserRow> {
     })
 }
 
-const PM_COLS: &str = "org_id, pm_id, kind, brand, last4, exp_month, exp_year, holder, token, agreement_number, created_at";
+const PM_COLS: &str =
+    "org_id, pm_id, kind, brand, last4, exp_month, exp_year, holder, token, agreement_number, created_at";
 fn pm_row(r: &Row) -> rusqlite::Result<PaymentMethodRow> {
     Ok(PaymentMethodRow {
         org_id: r.get(0)?,
@@ -303,7 +265,8 @@ fn lot_row(r: &Row) -> rusqlite::Result<LotRow> {
     })
 }
 
-const LEDGER_COLS: &str = "seq, org_id, entry_id, kind, amount_minor, balance_after_minor, lot_id, call_id, order_id, at, memo";
+const LEDGER_COLS: &str =
+    "seq, org_id, entry_id, kind, amount_minor, balance_after_minor, lot_id, call_id, order_id, at, memo";
 fn ledger_row(r: &Row) -> rusqlite::Result<LedgerRow> {
     Ok(LedgerRow {
         seq: r.get(0)?,
@@ -338,8 +301,7 @@ fn order_row(r: &Row) -> rusqlite::Result<OrderRow> {
     })
 }
 
-const POOL_COLS: &str =
-    "org_id, scope, kind, month, used_minutes, reserved_minutes, notified_80, notified_100";
+const POOL_COLS: &str = "org_id, scope, kind, month, used_minutes, reserved_minutes, notified_80, notified_100";
 fn pool_row(r: &Row) -> rusqlite::Result<PoolUsageRow> {
     Ok(PoolUsageRow {
         org_id: r.get(0)?,
@@ -416,24 +378,17 @@ fn cdr_row(r: &Row) -> rusqlite::Result<CdrRow> {
 }
 
 fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
 }
 
 impl Tx for SqliteTx<'_> {
     fn savepoint(&mut self) -> Result<()> {
         self.depth += 1;
-        self.conn
-            .execute_batch(&format!("SAVEPOINT sp{}", self.depth))
-            .map_err(e("savepoint"))
+        self.conn.execute_batch(&format!("SAVEPOINT sp{}", self.depth)).map_err(e("savepoint"))
     }
 
     fn release_savepoint(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch(&format!("RELEASE sp{}", self.depth))
-            .map_err(e("release savepoint"))?;
+        self.conn.execute_batch(&format!("RELEASE sp{}", self.depth)).map_err(e("release savepoint"))?;
         self.depth -= 1;
         Ok(())
     }
@@ -470,21 +425,11 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_org(&mut self, org_id: &str) -> Result<Option<OrgRow>> {
-        self.one(
-            "get org",
-            &format!("SELECT {ORG_COLS} FROM orgs WHERE org_id = ?1"),
-            [org_id],
-            org_row,
-        )
+        self.one("get org", &format!("SELECT {ORG_COLS} FROM orgs WHERE org_id = ?1"), [org_id], org_row)
     }
 
     fn find_org_by_name(&mut self, name: &str) -> Result<Vec<OrgRow>> {
-        self.many(
-            "find org",
-            &format!("SELECT {ORG_COLS} FROM orgs WHERE name = ?1"),
-            [name],
-            org_row,
-        )
+        self.many("find org", &format!("SELECT {ORG_COLS} FROM orgs WHERE name = ?1"), [name], org_row)
     }
 
     fn update_org(&mut self, o: &OrgRow) -> Result<()> {
@@ -497,21 +442,13 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_orgs(&mut self) -> Result<Vec<OrgRow>> {
-        self.many(
-            "list orgs",
-            &format!("SELECT {ORG_COLS} FROM orgs ORDER BY created_at, org_id"),
-            [],
-            org_row,
-        )
+        self.many("list orgs", &format!("SELECT {ORG_COLS} FROM orgs ORDER BY created_at, org_id"), [], org_row)
     }
 
     fn insert_user(&mut self, u: &UserRow) -> Result<()> {
         self.exec(
             "insert user",
-            &format!(
-                "INSERT INTO users ({USER_COLS}) VALUES ({})",
-                placeholders(10)
-            ),
+            &format!("INSERT INTO users ({USER_COLS}) VALUES ({})", placeholders(10)),
             params![
                 u.org_id,
                 u.user_id,
@@ -592,11 +529,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn set_user_licenses(&mut self, org_id: &str, user_id: &str, skus: &[String]) -> Result<()> {
-        self.exec(
-            "clear licenses",
-            "DELETE FROM licenses WHERE org_id = ?1 AND user_id = ?2",
-            [org_id, user_id],
-        )?;
+        self.exec("clear licenses", "DELETE FROM licenses WHERE org_id = ?1 AND user_id = ?2", [org_id, user_id])?;
         for sku in skus {
             self.exec(
                 "add license",
@@ -609,41 +542,22 @@ impl Tx for SqliteTx<'_> {
 
     fn seats_used(&mut self, org_id: &str, sku: &str) -> Result<i64> {
         Ok(self
-            .one(
-                "seats used",
-                "SELECT COUNT(*) FROM licenses WHERE org_id = ?1 AND sku = ?2",
-                [org_id, sku],
-                |r| r.get(0),
-            )?
+            .one("seats used", "SELECT COUNT(*) FROM licenses WHERE org_id = ?1 AND sku = ?2", [org_id, sku], |r| {
+                r.get(0)
+            })?
             .unwrap_or(0))
     }
 
-    fn count_licensed_users(
-        &mut self,
-        org_id: &str,
-        country: Option<&str>,
-        skus: &[String],
-    ) -> Result<i64> {
+    fn count_licensed_users(&mut self, org_id: &str, country: Option<&str>, skus: &[String]) -> Result<i64> {
         if skus.is_empty() {
             return Ok(0);
         }
-        let list = skus
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "''")))
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = skus.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect::<Vec<_>>().join(",");
         let sql = format!(
             "SELECT COUNT(DISTINCT l.user_id) FROM licenses l JOIN users u ON u.org_id = l.org_id AND u.user_id = l.user_id \
              WHERE l.org_id = ?1 AND l.sku IN ({list}) AND (?2 IS NULL OR u.usage_location = ?2)"
         );
-        Ok(self
-            .one(
-                "count licensed users",
-                &sql,
-                params![org_id, country],
-                |r| r.get(0),
-            )?
-            .unwrap_or(0))
+        Ok(self.one("count licensed users", &sql, params![org_id, country], |r| r.get(0))?.unwrap_or(0))
     }
 
     fn insert_number(&mut self, n: &NumberRow) -> Result<()> {
@@ -660,7 +574,15 @@ impl Tx for SqliteTx<'_> {
             "get number",
             "SELECT org_id, number, kind, user_id, created_at FROM numbers WHERE org_id = ?1 AND number = ?2",
             [org_id, number],
-            |r| Ok(NumberRow { org_id: r.get(0)?, number: r.get(1)?, kind: r.get(2)?, user_id: r.get(3)?, created_at: ts(r.get(4)?) }),
+            |r| {
+                Ok(NumberRow {
+                    org_id: r.get(0)?,
+                    number: r.get(1)?,
+                    kind: r.get(2)?,
+                    user_id: r.get(3)?,
+                    created_at: ts(r.get(4)?),
+                })
+            },
         )
     }
 
@@ -669,17 +591,22 @@ impl Tx for SqliteTx<'_> {
             "list numbers",
             "SELECT org_id, number, kind, user_id, created_at FROM numbers WHERE org_id = ?1 ORDER BY number",
             [org_id],
-            |r| Ok(NumberRow { org_id: r.get(0)?, number: r.get(1)?, kind: r.get(2)?, user_id: r.get(3)?, created_at: ts(r.get(4)?) }),
+            |r| {
+                Ok(NumberRow {
+                    org_id: r.get(0)?,
+                    number: r.get(1)?,
+                    kind: r.get(2)?,
+                    user_id: r.get(3)?,
+                    created_at: ts(r.get(4)?),
+                })
+            },
         )
     }
 
     fn insert_payment_method(&mut self, p: &PaymentMethodRow) -> Result<()> {
         self.exec(
             "insert payment method",
-            &format!(
-                "INSERT INTO payment_methods ({PM_COLS}) VALUES ({})",
-                placeholders(11)
-            ),
+            &format!("INSERT INTO payment_methods ({PM_COLS}) VALUES ({})", placeholders(11)),
             params![
                 p.org_id,
                 p.pm_id,
@@ -697,11 +624,7 @@ impl Tx for SqliteTx<'_> {
         .map(drop)
     }
 
-    fn get_payment_method(
-        &mut self,
-        org_id: &str,
-        pm_id: &str,
-    ) -> Result<Option<PaymentMethodRow>> {
+    fn get_payment_method(&mut self, org_id: &str, pm_id: &str) -> Result<Option<PaymentMethodRow>> {
         self.one(
             "get payment method",
             &format!("SELECT {PM_COLS} FROM payment_methods WHERE org_id = ?1 AND pm_id = ?2"),
@@ -711,16 +634,18 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_payment_methods(&mut self, org_id: &str) -> Result<Vec<PaymentMethodRow>> {
-        self.many("list payment methods", &format!("SELECT {PM_COLS} FROM payment_methods WHERE org_id = ?1 ORDER BY created_at, pm_id"), [org_id], pm_row)
+        self.many(
+            "list payment methods",
+            &format!("SELECT {PM_COLS} FROM payment_methods WHERE org_id = ?1 ORDER BY created_at, pm_id"),
+            [org_id],
+            pm_row,
+        )
     }
 
     fn insert_account(&mut self, a: &AccountRow) -> Result<()> {
         self.exec(
             "insert account",
-            &format!(
-                "INSERT INTO accounts ({ACCOUNT_COLS}) VALUES ({})",
-                placeholders(11)
-            ),
+            &format!("INSERT INTO accounts ({ACCOUNT_COLS}) VALUES ({})", placeholders(11)),
             params![
                 a.org_id,
                 a.currency,
@@ -759,10 +684,7 @@ impl Tx for SqliteTx<'_> {
     fn insert_lot(&mut self, l: &LotRow) -> Result<()> {
         self.exec(
             "insert lot",
-            &format!(
-                "INSERT INTO lots ({LOT_COLS}) VALUES ({})",
-                placeholders(10)
-            ),
+            &format!("INSERT INTO lots ({LOT_COLS}) VALUES ({})", placeholders(10)),
             params![
                 l.org_id,
                 l.lot_id,
@@ -815,12 +737,7 @@ impl Tx for SqliteTx<'_> {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn list_ledger(
-        &mut self,
-        org_id: &str,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<LedgerRow>> {
+    fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>> {
         self.many(
             "list ledger",
             &format!("SELECT {LEDGER_COLS} FROM ledger WHERE org_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
@@ -830,16 +747,18 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn ledger_totals(&mut self, org_id: &str) -> Result<Vec<(String, i64)>> {
-        self.many("ledger totals", "SELECT kind, SUM(amount_minor) FROM ledger WHERE org_id = ?1 GROUP BY kind ORDER BY kind", [org_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        self.many(
+            "ledger totals",
+            "SELECT kind, SUM(amount_minor) FROM ledger WHERE org_id = ?1 GROUP BY kind ORDER BY kind",
+            [org_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     fn insert_order(&mut self, o: &OrderRow) -> Result<()> {
         self.exec(
             "insert order",
-            &format!(
-                "INSERT INTO orders ({ORDER_COLS}) VALUES ({})",
-                placeholders(12)
-            ),
+            &format!("INSERT INTO orders ({ORDER_COLS}) VALUES ({})", placeholders(12)),
             params![
                 o.org_id,
                 o.order_id,
@@ -879,24 +798,18 @@ impl Tx for SqliteTx<'_> {
     fn list_orders(&mut self, org_id: &str) -> Result<Vec<OrderRow>> {
         self.many(
             "list orders",
-            &format!(
-                "SELECT {ORDER_COLS} FROM orders WHERE org_id = ?1 ORDER BY created_at, order_id"
-            ),
+            &format!("SELECT {ORDER_COLS} FROM orders WHERE org_id = ?1 ORDER BY created_at, order_id"),
             [org_id],
             order_row,
         )
     }
 
-    fn get_pool_usage(
-        &mut self,
-        org_id: &str,
-        month: i32,
-        scope: &str,
-        kind: &str,
-    ) -> Result<Option<PoolUsageRow>> {
+    fn get_pool_usage(&mut self, org_id: &str, month: i32, scope: &str, kind: &str) -> Result<Option<PoolUsageRow>> {
         self.one(
             "get pool",
-            &format!("SELECT {POOL_COLS} FROM pool_usage WHERE org_id = ?1 AND month = ?2 AND scope = ?3 AND kind = ?4"),
+            &format!(
+                "SELECT {POOL_COLS} FROM pool_usage WHERE org_id = ?1 AND month = ?2 AND scope = ?3 AND kind = ?4"
+            ),
             params![org_id, month, scope, kind],
             pool_row,
         )
@@ -917,15 +830,15 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_pool_usage(&mut self, org_id: &str, month: i32) -> Result<Vec<PoolUsageRow>> {
-        self.many("list pools", &format!("SELECT {POOL_COLS} FROM pool_usage WHERE org_id = ?1 AND month = ?2 ORDER BY scope, kind"), params![org_id, month], pool_row)
+        self.many(
+            "list pools",
+            &format!("SELECT {POOL_COLS} FROM pool_usage WHERE org_id = ?1 AND month = ?2 ORDER BY scope, kind"),
+            params![org_id, month],
+            pool_row,
+        )
     }
 
-    fn get_user_spend(
-        &mut self,
-        org_id: &str,
-        user_id: &str,
-        month: i32,
-    ) -> Result<Option<UserSpendRow>> {
+    fn get_user_spend(&mut self, org_id: &str, user_id: &str, month: i32) -> Result<Option<UserSpendRow>> {
         self.one(
             "get user spend",
             "SELECT org_id, user_id, month, spent_minor, reserved_minor FROM user_spend WHERE org_id = ?1 AND user_id = ?2 AND month = ?3",
@@ -947,10 +860,7 @@ impl Tx for SqliteTx<'_> {
     fn insert_reservation(&mut self, r: &ReservationRow) -> Result<()> {
         self.exec(
             "insert reservation",
-            &format!(
-                "INSERT INTO reservations ({RES_COLS}) VALUES ({})",
-                placeholders(27)
-            ),
+            &format!("INSERT INTO reservations ({RES_COLS}) VALUES ({})", placeholders(27)),
             params![
                 r.org_id,
                 r.call_id,
@@ -1026,10 +936,7 @@ impl Tx for SqliteTx<'_> {
     fn insert_cdr(&mut self, c: &CdrRow) -> Result<()> {
         self.exec(
             "insert cdr",
-            &format!(
-                "INSERT INTO cdrs ({CDR_COLS}) VALUES ({})",
-                placeholders(23)
-            ),
+            &format!("INSERT INTO cdrs ({CDR_COLS}) VALUES ({})", placeholders(23)),
             params![
                 c.org_id,
                 c.call_id,
@@ -1145,11 +1052,7 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn lots_expiring_before(
-        &mut self,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>> {
+    fn lots_expiring_before(&mut self, before: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
         self.many(
             "expiring lots",
             "SELECT org_id, lot_id FROM lots WHERE expired = 0 AND expiring_notified = 0 AND remaining_minor > 0 AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
@@ -1187,8 +1090,19 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_rate_decks(&mut self) -> Result<Vec<RateDeckRow>> {
-        self.many("list rate decks", "SELECT kind, currency, csv, entries, imported_at FROM rate_decks ORDER BY kind, currency", [], |r| {
-            Ok(RateDeckRow { kind: r.get(0)?, currency: r.get(1)?, csv: r.get(2)?, entries: r.get(3)?, imported_at: ts(r.get(4)?) })
-        })
+        self.many(
+            "list rate decks",
+            "SELECT kind, currency, csv, entries, imported_at FROM rate_decks ORDER BY kind, currency",
+            [],
+            |r| {
+                Ok(RateDeckRow {
+                    kind: r.get(0)?,
+                    currency: r.get(1)?,
+                    csv: r.get(2)?,
+                    entries: r.get(3)?,
+                    imported_at: ts(r.get(4)?),
+                })
+            },
+        )
     }
 }

@@ -62,8 +62,6 @@ fn ledger_rows_cannot_be_changed_even_with_raw_sql() {
     })
     .unwrap();
     let raw = rusqlite::Connection::open(&path).unwrap();
-    assert!(raw
-        .execute("UPDATE ledger SET amount_minor = 2", [])
-        .is_err());
+    assert!(raw.execute("UPDATE ledger SET amount_minor = 2", []).is_err());
     assert!(raw.execute("DELETE FROM ledger", []).is_err());
 }

@@ -63,21 +63,10 @@ pub fn setup(e: &Engine, now: Timestamp) -> Org {
     let ada = user("ada@contoso.com", "US");
     let bob = user("bob@contoso.com", "GB");
     let cy = user("cy@contoso.com", "US");
-    for (sku, q) in [
-        ("phone_system", 10),
-        ("calling_plan_domestic", 5),
-        ("communications_credits", 5),
-        ("audio_conferencing", 5),
-    ] {
-        one(
-            e,
-            now,
-            Command::AddSubscription {
-                org: id.clone(),
-                sku: sku.into(),
-                quantity: q,
-            },
-        );
+    for (sku, q) in
+        [("phone_system", 10), ("calling_plan_domestic", 5), ("communications_credits", 5), ("audio_conferencing", 5)]
+    {
+        one(e, now, Command::AddSubscription { org: id.clone(), sku: sku.into(), quantity: q });
     }
     one(
         e,
@@ -109,31 +98,12 @@ pub fn setup(e: &Engine, now: Timestamp) -> Org {
     let token = e
         .gateway()
         .tokenize_card(
-            &CardInput {
-                number: "4242424242424242".into(),
-                exp_month: 12,
-                exp_year: 2030,
-                holder: "Contoso".into(),
-            },
+            &CardInput { number: "4242424242424242".into(), exp_month: 12, exp_year: 2030, holder: "Contoso".into() },
             now,
         )
         .unwrap();
-    let card = created(one(
-        e,
-        now,
-        Command::AddCard {
-            org: id.clone(),
-            token,
-            holder: None,
-        },
-    ));
-    Org {
-        id,
-        ada,
-        bob,
-        cy,
-        card,
-    }
+    let card = created(one(e, now, Command::AddCard { org: id.clone(), token, holder: None }));
+    Org { id, ada, bob, cy, card }
 }
 
 pub fn auth(
@@ -166,37 +136,17 @@ pub fn auth(
 }
 
 pub fn end(e: &Engine, now: Timestamp, org: &str, call_id: &str, secs: u32) -> EndView {
-    match one(
-        e,
-        now,
-        Command::End {
-            org: org.into(),
-            call_id: call_id.into(),
-            duration_seconds: secs,
-        },
-    ) {
+    match one(e, now, Command::End { org: org.into(), call_id: call_id.into(), duration_seconds: secs }) {
         Outcome::Ended(v) => v,
         o => panic!("{o:?}"),
     }
 }
 
-pub fn update(
-    e: &Engine,
-    now: Timestamp,
-    org: &str,
-    call_id: &str,
-    used: u32,
-    more: u32,
-) -> UpdateView {
+pub fn update(e: &Engine, now: Timestamp, org: &str, call_id: &str, used: u32, more: u32) -> UpdateView {
     match one(
         e,
         now,
-        Command::Update {
-            org: org.into(),
-            call_id: call_id.into(),
-            used_seconds: used,
-            requested_seconds: more,
-        },
+        Command::Update { org: org.into(), call_id: call_id.into(), used_seconds: used, requested_seconds: more },
     ) {
         Outcome::Updated(v) => v,
         o => panic!("{o:?}"),
