@@ -20,6 +20,10 @@ pub(crate) struct Books {
     pub currency: Currency,
     lots: Vec<Lot>,
     dirty: Vec<String>,
+    /// Lots written off when the books were loaded.
+    pub expired_on_load: usize,
+    /// Set when a charge or a write-off took the balance to zero.
+    drained: bool,
 }
 
 pub(crate) fn encode_earmarks(e: &[(String, i64)]) -> String {
@@ -51,15 +55,21 @@ fn lot_from_row(r: LotRow) -> Lot {
 
 impl Books {
     /// Locks the organization, loads its money, and writes off lots due at `now`.
-    pub fn load(tx: &mut dyn Tx, org_id: &str, now: Timestamp) -> Result<Books> {
+    pub fn load(tx: &mut dyn Tx, org_id: &str, now: Timestamp, fx: &mut Effects) -> Result<Books> {
         tx.lock_org(org_id)?;
         let org = org(tx, org_id)?;
         let account =
             tx.get_account(org_id)?.ok_or_else(|| internal(format!("organization {org_id} has no account")))?;
         let currency = Currency::parse(&account.currency)?;
         let lots = tx.open_lots(org_id)?.into_iter().map(lot_from_row).collect();
-        let mut b = Books { org, account, currency, lots, dirty: Vec::new() };
-        b.expire_due(tx, now)?;
+        let mut b = Books { org, account, currency, lots, dirty: Vec::new(), expired_on_load: 0, drained: false };
+        b.expired_on_load = b.expire_due(tx, now)?;
+        if b.expired_on_load > 0 {
+            // Persist the write-off and its consequences (notices, a recharge) at once,
+            // whatever the caller does next.
+            b.after_change(tx, now, fx, false)?;
+            b.save(tx)?;
+        }
         Ok(b)
     }
 
@@ -126,6 +136,7 @@ impl Books {
                 self.touch([id.clone()]);
                 if off > 0 {
                     self.account.balance_minor -= off;
+                    self.drained |= self.account.balance_minor == 0;
                     let memo = format!("lot purchased {} expired", self.lots[i].purchased_at);
                     self.ledger(tx, "expiry", -off, Some(&id), None, None, now, memo)?;
                 }
@@ -163,6 +174,7 @@ impl Books {
         self.account.reserved_minor -= held;
         if charge > 0 {
             self.account.balance_minor -= charge;
+            self.drained |= self.account.balance_minor == 0;
             self.ledger(
                 tx,
                 "charge",
@@ -176,6 +188,7 @@ impl Books {
         }
         for (lot, off) in s.written_off {
             self.account.balance_minor -= off;
+            self.drained |= self.account.balance_minor == 0;
             self.ledger(
                 tx,
                 "expiry",
@@ -275,10 +288,7 @@ impl Books {
                 self.account.low_balance_notified = false;
             }
         }
-        if (exhausted || available == 0)
-            && !self.account.exhausted_notified
-            && (exhausted || self.account.balance_minor == 0)
-        {
+        if (exhausted || self.drained) && !self.account.exhausted_notified {
             self.account.exhausted_notified = true;
             notices::write(
                 tx,
@@ -424,7 +434,7 @@ pub(crate) fn complete_order(
     now: Timestamp,
     fx: &mut Effects,
 ) -> Result<Outcome> {
-    let mut b = Books::load(tx, org_id, now)?;
+    let mut b = Books::load(tx, org_id, now, fx)?;
     let mut order =
         tx.get_order(org_id, order_id)?.ok_or_else(|| err!(ErrorCode::NotFound, "no order '{order_id}'"))?;
     if order.status != "pending" {
@@ -495,7 +505,7 @@ pub(crate) fn set_auto_recharge(
     now: Timestamp,
     fx: &mut Effects,
 ) -> Result<Outcome> {
-    let mut b = Books::load(tx, org_id, now)?;
+    let mut b = Books::load(tx, org_id, now, fx)?;
     let cur = b.currency;
     if let Some(a) = amount {
         b.account.ar_amount_minor = cur.parse_positive_major(a)?;
@@ -536,8 +546,8 @@ pub(crate) fn expire_lot(
     fx: &mut Effects,
 ) -> Result<Outcome> {
     // Loading the books writes off every due lot of the organization.
-    let mut b = Books::load(tx, org_id, now)?;
-    let n = b.dirty.len();
+    let mut b = Books::load(tx, org_id, now, fx)?;
+    let n = b.expired_on_load;
     b.after_change(tx, now, fx, false)?;
     b.save(tx)?;
     Ok(Outcome::Count(n))
@@ -549,8 +559,9 @@ pub(crate) fn notify_expiring(
     org_id: &str,
     lot_id: &str,
     now: Timestamp,
+    fx: &mut Effects,
 ) -> Result<Outcome> {
-    let mut b = Books::load(tx, org_id, now)?;
+    let mut b = Books::load(tx, org_id, now, fx)?;
     let horizon = now
         .checked_add(jiff::SignedDuration::from_hours(24 * engine.config.expiring_notice_days))
         .map_err(|e| internal(e.to_string()))?;

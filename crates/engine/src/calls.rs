@@ -362,7 +362,7 @@ pub(crate) fn authorize_at(
     now: Timestamp,
     fx: &mut Effects,
 ) -> Result<(AuthorizeView, Option<ReservationRow>)> {
-    let mut books = Books::load(tx, &req.org, now)?;
+    let mut books = Books::load(tx, &req.org, now, fx)?;
     validate_call_id(&req.call_id)?;
     if tx.get_reservation(&req.org, &req.call_id)?.is_some() || tx.get_cdr(&req.org, &req.call_id)?.is_some() {
         return Err(err!(
@@ -530,7 +530,7 @@ pub(crate) fn update(
     if requested_seconds > MAX_REQUESTED_SECONDS {
         return Err(err!(ErrorCode::InvalidInput, "requested_seconds must be at most {MAX_REQUESTED_SECONDS}"));
     }
-    let mut books = Books::load(tx, org_id, now)?;
+    let mut books = Books::load(tx, org_id, now, fx)?;
     let mut res = pending(tx, org_id, call_id)?;
     if res.state != "pending" {
         return Err(err!(ErrorCode::CallAlreadyEnded, "call '{call_id}' has already ended ({})", res.state));
@@ -564,7 +564,7 @@ pub(crate) fn update(
                 res.plan_minutes = g.plan_minutes;
                 res.money_minor = g.money_minor;
             }
-            Ok(_) => reason = Some(DenyReason::InsufficientFunds),
+            Ok(_) => reason = Some(shortfall(&priced, books.spendable(now))),
             Err(r) => reason = Some(r),
         }
         if reason == Some(DenyReason::InsufficientFunds) {
@@ -583,6 +583,18 @@ pub(crate) fn update(
         total_granted_seconds: total,
         reason: reason.map(|r| r.as_str().to_string()),
     })
+}
+
+/// Why a call could not get more time although it keeps what it has.
+fn shortfall(priced: &Priced, spendable: i64) -> DenyReason {
+    match priced.route.as_ref().map(|r| r.credits) {
+        Some(Err(DenyReason::NoCreditsLicense)) if priced.pool.is_some() => DenyReason::PlanMinutesExhausted,
+        Some(Err(r)) => r,
+        _ => match &priced.spend {
+            Some((limit, s)) if limit - s.spent_minor - s.reserved_minor < spendable => DenyReason::SpendLimitReached,
+            _ => DenyReason::InsufficientFunds,
+        },
+    }
 }
 
 fn adjust_spend_reserved(tx: &mut dyn Tx, org_id: &str, user_id: &str, month: i32, delta: i64) -> Result<()> {
@@ -610,7 +622,7 @@ pub(crate) fn end(
     now: Timestamp,
     fx: &mut Effects,
 ) -> Result<EndView> {
-    let mut books = Books::load(tx, org_id, now)?;
+    let mut books = Books::load(tx, org_id, now, fx)?;
     let res = pending(tx, org_id, call_id)?;
     if res.state != "pending" {
         // A repeated end answers the first result and changes nothing.
@@ -634,7 +646,7 @@ pub(crate) fn timeout(
     now: Timestamp,
     fx: &mut Effects,
 ) -> Result<Outcome> {
-    let mut books = Books::load(tx, org_id, now)?;
+    let mut books = Books::load(tx, org_id, now, fx)?;
     let res = pending(tx, org_id, call_id)?;
     if res.state != "pending" || res.expires_at > now {
         return Ok(Outcome::Count(0));
@@ -792,7 +804,7 @@ pub(crate) fn charge_offline(
     let Some(res) = res else {
         return Ok(Err(view.reason.unwrap_or_else(|| "denied".into())));
     };
-    let mut books = Books::load(tx, &req.org, now)?;
+    let mut books = Books::load(tx, &req.org, now, fx)?;
     let v = settle_call(
         engine,
         tx,

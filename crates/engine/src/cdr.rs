@@ -129,6 +129,7 @@ impl Engine {
         loop {
             let more = match rdr.read_record(&mut record) {
                 Ok(more) => more,
+                Err(e) if e.is_io_error() => return Err(err!(ErrorCode::InvalidCdr, "cannot read the file: {e}")),
                 Err(e) => {
                     // A broken row (bad quoting, invalid UTF-8) is reported and skipped.
                     line = e.position().map(|p| p.line()).unwrap_or(line + 1);

@@ -315,7 +315,9 @@ impl Engine {
             self.reload_decks()?;
         }
         for (org, order) in std::mem::take(&mut effects.orders) {
-            self.charge_order(&org, &order, last)?;
+            // The batch is committed whatever happens here: an order the gateway could
+            // not be asked about stays pending and `jobs run` charges it later.
+            let _ = self.charge_order(&org, &order, last);
         }
         Ok(results)
     }
@@ -384,7 +386,7 @@ impl Engine {
             Command::ImportCdr(rec) => cdr::import_one(self, tx, rec, now, fx),
             Command::ImportRates { kind, currency, csv } => import_rates(tx, *kind, currency, csv, now),
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
-            Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now),
+            Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now, fx),
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
         }
     }

@@ -362,3 +362,67 @@ fn licenses_seats_and_requirements() {
         .unwrap_err();
     assert_eq!(dup.code, ErrorCode::DuplicateUpn);
 }
+
+#[test]
+fn early_answers_after_a_lot_expires_keep_the_books() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    // A lot bought almost a year ago; a call ends; the lot then expires.
+    e.purchase(&o.id, "50", &o.card, None, Some(t("2025-11-02T10:00:00Z")), now).unwrap();
+    let a = auth(&e, now, &o.id, "c1", "outbound", Some(&o.bob), "+442079460000", "+14155550100", Some(60));
+    assert_eq!(a.decision, "allow");
+    end(&e, now, &o.id, "c1", 60);
+    let later = t("2026-11-02T10:00:01Z");
+    // A repeated end, a timeout that is not due and a completed order each answer
+    // early; the write-off they trigger must still be saved whole.
+    end(&e, later, &o.id, "c1", 60);
+    check(&e, &o.id);
+    let c = e.credits(&o.id).unwrap();
+    assert_eq!(c.balance, 0);
+    assert!(c.lots[0].expired);
+    // The balance reached zero by expiry: admins are told once.
+    let n = e.notices(&o.id).unwrap();
+    assert_eq!(n.iter().filter(|n| n.kind == "balance_exhausted").count(), 1, "{n:?}");
+}
+
+#[test]
+fn a_never_funded_account_is_not_reported_exhausted_by_settings() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.apply_one(
+        now,
+        Command::SetAutoRecharge {
+            org: o.id.clone(),
+            enabled: false,
+            amount: Some("50".into()),
+            threshold: Some("10".into()),
+            payment_method_id: Some(o.card.clone()),
+        },
+    )
+    .unwrap();
+    assert!(e.notices(&o.id).unwrap().is_empty());
+}
+
+#[test]
+fn update_without_credits_stops_at_the_plan_with_its_reason() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    for (i, m) in [1440u32, 1440, 1440, 1440, 239].into_iter().enumerate() {
+        let id = format!("fill{i}");
+        auth(&e, now, &o.id, &id, "outbound", Some(&o.ada), "+14155550100", "+12125550199", Some(m * 60));
+        end(&e, now, &o.id, &id, m * 60);
+    }
+    // One plan minute left; Cy has no credits license.
+    let a = auth(&e, now, &o.id, "cy", "outbound", Some(&o.cy), "+14155550100", "+12125550123", Some(300));
+    assert_eq!((a.decision.as_str(), a.granted_seconds), ("allow", 60));
+    let u = update(&e, now, &o.id, "cy", 50, 300);
+    assert_eq!(u.granted_seconds, 0);
+    assert_eq!(u.reason.as_deref(), Some("plan_minutes_exhausted"));
+    assert_eq!(u.total_granted_seconds, 60);
+    let v = end(&e, now, &o.id, "cy", 75);
+    assert_eq!((v.charged_seconds, v.overrun_seconds, v.charge), (60, 15, 0));
+    check(&e, &o.id);
+}
