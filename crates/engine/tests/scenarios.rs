@@ -426,3 +426,132 @@ fn update_without_credits_stops_at_the_plan_with_its_reason() {
     assert_eq!((v.charged_seconds, v.overrun_seconds, v.charge), (60, 15, 0));
     check(&e, &o.id);
 }
+
+#[test]
+fn pools_follow_licenses_as_they_come_and_go() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    let size = |e: &commcredits_engine::Engine| {
+        e.pools(&o.id, now)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.country == "US" && p.kind == "domestic")
+            .map(|p| (p.size, p.used, p.available))
+    };
+    assert_eq!(size(&e), Some((6000, 0, 6000)));
+    // Use 4000 minutes, then take Cy's plan away: the pool shrinks below its use.
+    for (i, m) in [1440u32, 1440, 1120].into_iter().enumerate() {
+        let id = format!("u{i}");
+        auth(&e, now, &o.id, &id, "outbound", Some(&o.ada), "+14155550100", "+12125550199", Some(m * 60));
+        end(&e, now, &o.id, &id, m * 60);
+    }
+    e.apply_one(
+        now,
+        Command::RemoveLicense { org: o.id.clone(), sku: "calling_plan_domestic".into(), users: vec![o.cy.clone()] },
+    )
+    .unwrap();
+    assert_eq!(size(&e), Some((3000, 4000, 0)));
+    // Ada's next domestic call goes to credits (she holds them), and there are none yet.
+    let d = auth(&e, now, &o.id, "after", "outbound", Some(&o.ada), "+14155550100", "+12125550123", None);
+    assert_eq!(d.reason.as_deref(), Some("insufficient_funds"));
+    // Licenses come back: the pool grows again within the month.
+    e.apply_one(
+        now,
+        Command::AssignLicense { org: o.id.clone(), sku: "calling_plan_domestic".into(), users: vec![o.cy.clone()] },
+    )
+    .unwrap();
+    assert_eq!(size(&e), Some((6000, 4000, 2000)));
+    let a = auth(&e, now, &o.id, "again", "outbound", Some(&o.ada), "+14155550100", "+12125550123", None);
+    assert_eq!(a.funding, "plan");
+    // A new month starts empty.
+    let december = t("2026-12-01T00:00:00Z");
+    let r = e.run_jobs(december).unwrap();
+    assert!(r.pools_opened >= 1);
+    let dec = e.pools(&o.id, december).unwrap();
+    let us = dec.iter().find(|p| p.country == "US" && p.kind == "domestic").unwrap();
+    assert_eq!((us.month.as_str(), us.used), ("2026-12", 0));
+    check(&e, &o.id);
+}
+
+#[test]
+fn conference_dial_out_uses_the_zone_a_pool_then_credits() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.purchase(&o.id, "50", &o.card, None, None, now).unwrap();
+    // Without Audio Conferencing there is no dial-out.
+    let d = auth(&e, now, &o.id, "x", "conference_dial_out", Some(&o.ada), "+14155550100", "+442079460000", None);
+    assert_eq!(d.reason.as_deref(), Some("dial_out_disabled"));
+    e.apply_one(
+        now,
+        Command::AssignLicense { org: o.id.clone(), sku: "audio_conferencing".into(), users: vec![o.ada.clone()] },
+    )
+    .unwrap();
+    // Zone A (GB): the organization-wide 60-minute pool pays.
+    let a =
+        auth(&e, now, &o.id, "gb", "conference_dial_out", Some(&o.ada), "+14155550100", "+442079460000", Some(3600));
+    assert_eq!((a.funding.as_str(), a.pool.as_deref()), ("plan", Some("*/conferencing")));
+    end(&e, now, &o.id, "gb", 3600);
+    // Pool used up: the next Zone A call is paid from Ada's credits.
+    let a = auth(&e, now, &o.id, "de", "conference_dial_out", Some(&o.ada), "+14155550100", "+4930123456", Some(300));
+    assert_eq!(a.funding, "credits");
+    end(&e, now, &o.id, "de", 300);
+    // Nigeria is not in Zone A: credits at the dial-out rate, never the pool.
+    let a =
+        auth(&e, now, &o.id, "ng", "conference_dial_out", Some(&o.ada), "+14155550100", "+2348031234567", Some(300));
+    assert_eq!((a.funding.as_str(), a.pool), ("credits", None));
+    let kinds: Vec<String> = e.notices(&o.id).unwrap().into_iter().map(|n| n.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "pool_threshold").count(), 2);
+    check(&e, &o.id);
+}
+
+#[test]
+fn concurrent_calls_never_overspend_and_recharge_once() {
+    let e = std::sync::Arc::new(engine());
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    // An EA so the recharge succeeds; 50.00 of funds, recharge below 45.00.
+    let ea = created(
+        e.apply_one(now, Command::AddAgreement { org: o.id.clone(), agreement_number: "EA-1".into() }).unwrap(),
+    );
+    e.purchase(&o.id, "50", &ea, None, None, now).unwrap();
+    e.apply_one(
+        now,
+        Command::SetAutoRecharge {
+            org: o.id.clone(),
+            enabled: true,
+            amount: Some("50".into()),
+            threshold: Some("45".into()),
+            payment_method_id: Some(ea.clone()),
+        },
+    )
+    .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|th| {
+            let (e, org, bob) = (e.clone(), o.id.clone(), o.bob.clone());
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let id = format!("t{th}-{i}");
+                    // UK mobile at 0.09/min: ten minutes reserve 0.90.
+                    let a =
+                        auth(&e, now, &org, &id, "outbound", Some(&bob), "+442079460000", "+447400123456", Some(600));
+                    if a.decision == "allow" {
+                        end(&e, now, &org, &id, 600);
+                    }
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let b = e.check_books(&o.id).unwrap();
+    assert!(b.available >= 0);
+    // 80 calls at 0.90 = 72.00. The balance crossed 45.00 at 44.10 (+50.00 = 94.10),
+    // then again at 44.60 (+50.00): two crossings, two recharges, never more.
+    let recharges = e.orders(&o.id).unwrap().into_iter().filter(|o| o.kind == "auto_recharge").count();
+    assert_eq!(recharges, 2);
+    assert_eq!(b.charges, 7200);
+    assert_eq!(b.balance, 15000 - 7200);
+}
