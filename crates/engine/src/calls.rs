@@ -82,17 +82,9 @@ pub(crate) fn load_pool(
     month: Month,
 ) -> Result<PoolState> {
     let size = pool_size(engine, tx, org_id, key)?;
-    let row =
-        tx.get_pool_usage(org_id, month.0, key.scope.as_str(), pool_kind_str(key.kind))?.unwrap_or(PoolUsageRow {
-            org_id: org_id.into(),
-            scope: key.scope.as_str().into(),
-            kind: key.kind.as_str().into(),
-            month: month.0,
-            used_minutes: 0,
-            reserved_minutes: 0,
-            notified_80: false,
-            notified_100: false,
-        });
+    let row = tx
+        .get_pool_usage(org_id, month.0, key.scope.as_str(), pool_kind_str(key.kind))?
+        .unwrap_or_else(|| PoolUsageRow::empty(org_id, key.scope.as_str(), key.kind.as_str(), month.0));
     Ok(PoolState { key, size, row })
 }
 
@@ -211,13 +203,9 @@ pub(crate) fn prepare(
     }
     if let (Some(u), Ok(())) = (&user, route.credits) {
         if let Some(limit) = u.spend_limit_minor {
-            let row = tx.get_user_spend(&org.org_id, &u.user_id, month.0)?.unwrap_or(UserSpendRow {
-                org_id: org.org_id.clone(),
-                user_id: u.user_id.clone(),
-                month: month.0,
-                spent_minor: 0,
-                reserved_minor: 0,
-            });
+            let row = tx
+                .get_user_spend(&org.org_id, &u.user_id, month.0)?
+                .unwrap_or_else(|| UserSpendRow::empty(&org.org_id, &u.user_id, month.0));
             priced.spend = Some((limit, row));
         }
     }
@@ -400,7 +388,7 @@ pub(crate) fn authorize_at(
     }
     let earmarks = books.reserve(grant.money_minor, now)?;
     if let Some(u) = &priced.user {
-        adjust_spend_reserved(tx, &org.org_id, &u.user_id, month.0, grant.money_minor)?;
+        adjust_spend(tx, &org.org_id, &u.user_id, month.0, grant.money_minor, 0)?;
     }
     let rate = priced.rate.as_ref();
     let res = ReservationRow {
@@ -482,13 +470,8 @@ fn reprice(engine: &Engine, tx: &mut dyn Tx, org: &OrgRow, res: &ReservationRow)
         Some(u) if credits.is_ok() => match u.spend_limit_minor {
             Some(limit) => Some((
                 limit,
-                tx.get_user_spend(&org.org_id, &u.user_id, month.0)?.unwrap_or(UserSpendRow {
-                    org_id: org.org_id.clone(),
-                    user_id: u.user_id.clone(),
-                    month: month.0,
-                    spent_minor: 0,
-                    reserved_minor: 0,
-                }),
+                tx.get_user_spend(&org.org_id, &u.user_id, month.0)?
+                    .unwrap_or_else(|| UserSpendRow::empty(&org.org_id, &u.user_id, month.0)),
             )),
             None => None,
         },
@@ -558,7 +541,7 @@ pub(crate) fn update(
                 books.settle(tx, &res.earmarks, 0, call_id, now, String::new())?;
                 res.earmarks = books.reserve(g.money_minor, now)?;
                 if let Some(uid) = &res.user_id {
-                    adjust_spend_reserved(tx, org_id, uid, res.spend_month, g.money_minor - res.money_minor)?;
+                    adjust_spend(tx, org_id, uid, res.spend_month, g.money_minor - res.money_minor, 0)?;
                 }
                 res.granted_seconds = i64::from(g.granted_seconds);
                 res.plan_minutes = g.plan_minutes;
@@ -597,18 +580,15 @@ fn shortfall(priced: &Priced, spendable: i64) -> DenyReason {
     }
 }
 
-fn adjust_spend_reserved(tx: &mut dyn Tx, org_id: &str, user_id: &str, month: i32, delta: i64) -> Result<()> {
-    if delta == 0 {
+/// Moves a user's monthly credits spend: money held by open calls and money spent.
+fn adjust_spend(tx: &mut dyn Tx, org_id: &str, user_id: &str, month: i32, reserved: i64, spent: i64) -> Result<()> {
+    if reserved == 0 && spent == 0 {
         return Ok(());
     }
-    let mut s = tx.get_user_spend(org_id, user_id, month)?.unwrap_or(UserSpendRow {
-        org_id: org_id.into(),
-        user_id: user_id.into(),
-        month,
-        spent_minor: 0,
-        reserved_minor: 0,
-    });
-    s.reserved_minor += delta;
+    let mut s =
+        tx.get_user_spend(org_id, user_id, month)?.unwrap_or_else(|| UserSpendRow::empty(org_id, user_id, month));
+    s.reserved_minor += reserved;
+    s.spent_minor += spent;
     tx.put_user_spend(&s)
 }
 
@@ -728,19 +708,8 @@ fn settle_call(
         now,
         format!("call {} {} to {}", res.call_id, res.call_type, res.to_number),
     )?;
-    if let Some(uid) = res.user_id.clone() {
-        if res.money_minor > 0 || s.charge_minor > 0 {
-            let mut sp = tx.get_user_spend(&org_id, &uid, res.spend_month)?.unwrap_or(UserSpendRow {
-                org_id: org_id.clone(),
-                user_id: uid.clone(),
-                month: res.spend_month,
-                spent_minor: 0,
-                reserved_minor: 0,
-            });
-            sp.reserved_minor -= res.money_minor;
-            sp.spent_minor += s.charge_minor;
-            tx.put_user_spend(&sp)?;
-        }
+    if let Some(uid) = &res.user_id {
+        adjust_spend(tx, &org_id, uid, res.spend_month, -res.money_minor, s.charge_minor)?;
     }
     let funding = if res.emergency { Funding::Emergency } else { Funding::of(s.plan_minutes, s.credit_seconds) };
     let cdr = CdrRow {

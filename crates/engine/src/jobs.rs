@@ -52,16 +52,7 @@ pub(crate) fn open_pools(engine: &Engine, tx: &mut dyn Tx, org_id: &str, now: Ti
     let mut created = 0;
     for key in pool_keys(engine, tx, org_id)? {
         if tx.get_pool_usage(org_id, month.0, key.scope.as_str(), key.kind.as_str())?.is_none() {
-            tx.put_pool_usage(&PoolUsageRow {
-                org_id: org_id.into(),
-                scope: key.scope.as_str().into(),
-                kind: key.kind.as_str().into(),
-                month: month.0,
-                used_minutes: 0,
-                reserved_minutes: 0,
-                notified_80: false,
-                notified_100: false,
-            })?;
+            tx.put_pool_usage(&PoolUsageRow::empty(org_id, key.scope.as_str(), key.kind.as_str(), month.0))?;
             created += 1;
         }
     }

@@ -131,6 +131,22 @@ pub struct PoolUsageRow {
     pub notified_100: bool,
 }
 
+impl PoolUsageRow {
+    /// A pool with nothing used yet this month.
+    pub fn empty(org_id: &str, scope: &str, kind: &str, month: i32) -> PoolUsageRow {
+        PoolUsageRow {
+            org_id: org_id.into(),
+            scope: scope.into(),
+            kind: kind.into(),
+            month,
+            used_minutes: 0,
+            reserved_minutes: 0,
+            notified_80: false,
+            notified_100: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserSpendRow {
     pub org_id: String,
@@ -138,6 +154,13 @@ pub struct UserSpendRow {
     pub month: i32,
     pub spent_minor: i64,
     pub reserved_minor: i64,
+}
+
+impl UserSpendRow {
+    /// A user who has spent nothing yet this month.
+    pub fn empty(org_id: &str, user_id: &str, month: i32) -> UserSpendRow {
+        UserSpendRow { org_id: org_id.into(), user_id: user_id.into(), month, spent_minor: 0, reserved_minor: 0 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
