@@ -411,7 +411,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out { json: cli.json };
     match run(cli, &out) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             out.error(&e);
             ExitCode::from(1)
@@ -436,7 +436,9 @@ fn none_or(text: Option<String>) -> Option<Option<String>> {
     text.map(|t| if t.eq_ignore_ascii_case("none") { None } else { Some(t) })
 }
 
-fn run(cli: Cli, out: &Out) -> Result<()> {
+/// Runs one verb. An error is returned for `main` to print; a verb that printed its
+/// own failure returns the exit code instead.
+fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
     let now = match &cli.now {
         Some(t) => parse_time("--now", t)?,
         None => Timestamp::now(),
@@ -445,7 +447,7 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
         let engine = Engine::open(&cli.db)?;
         let report = commcredits_engine::demo::run(&engine, now)?;
         out.demo(&report);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let engine = Engine::open(&cli.db)?;
     let e = &engine;
@@ -664,11 +666,23 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
             if let Some(path) = rejects {
                 output::write_rejects(&path, &report.rejected)?;
             }
+            if report.charged == 0 && !report.rejected.is_empty() && report.duplicates == 0 {
+                // Nothing could be charged: one error, carrying the rows and why.
+                let first = &report.rejected[0];
+                let e = err!(
+                    ErrorCode::InvalidCdr,
+                    "no row of {} could be charged ({} rejected; line {}: {} {})",
+                    file.display(),
+                    report.rejected.len(),
+                    first.line,
+                    first.code,
+                    first.message
+                );
+                out.error_with(&e, "rejected", &report.rejected);
+                return Ok(ExitCode::from(1));
+            }
             let currency = e.credits(&oid)?.currency;
             out.import(&report, &currency);
-            if report.charged == 0 && !report.rejected.is_empty() && report.duplicates == 0 {
-                return Err(err!(ErrorCode::InvalidCdr, "no row of {} could be charged", file.display()));
-            }
         }
         Verb::Rates(RatesVerb::Import { file, kind, currency }) => {
             let csv = std::fs::read_to_string(&file)
@@ -681,7 +695,7 @@ fn run(cli: Cli, out: &Out) -> Result<()> {
         }
         Verb::Jobs(JobsVerb::Run) => out.jobs(&e.run_jobs(now)?),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The caller number `rate` assumes when none is given: the user's own number.

@@ -62,6 +62,17 @@ impl Out {
         }
     }
 
+    /// An error with a list of details (`--json`: one object holding both).
+    pub fn error_with<T: Serialize>(&self, e: &Error, field: &str, details: &[T]) {
+        if self.json {
+            let mut v = serde_json::json!({"code": e.code.as_str(), "message": e.message});
+            v[field] = serde_json::to_value(details).unwrap_or_default();
+            println!("{v}");
+        } else {
+            eprintln!("error[{}]: {}", e.code, e.message);
+        }
+    }
+
     pub fn org(&self, o: &OrgView) {
         if self.json(o) {
             return;

@@ -394,12 +394,22 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
             }
         }
         commits += 1;
-        // The admin reads the recharge_failed e-mail and fixes billing two days later.
+        // The admin has the recharge_failed e-mail but acts only when calls start
+        // failing: the morning after the balance runs out, a new card and a purchase.
         if !reacted {
-            if let Some(failed) = engine.orders(&org)?.into_iter().find(|o| o.status == "failed") {
-                let failed_at: Timestamp =
-                    failed.created_at.parse().map_err(|_| err!(ErrorCode::Internal, "bad time"))?;
-                let fix_at = last.max(failed_at + SignedDuration::from_hours(48));
+            let exhausted = engine.notices(&org)?.into_iter().find(|n| n.kind == crate::notices::BALANCE_EXHAUSTED);
+            if let Some(n) = exhausted {
+                let at: Timestamp = n.created_at.parse().map_err(|_| err!(ErrorCode::Internal, "bad time"))?;
+                let morning = at
+                    .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                    .date()
+                    .tomorrow()
+                    .map_err(|e| err!(ErrorCode::Internal, "{e}"))?;
+                let fix_at = morning
+                    .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                    .map_err(|e| err!(ErrorCode::Internal, "{e}"))?
+                    .timestamp()
+                    + SignedDuration::from_hours(9);
                 if last >= fix_at {
                     let new_card = CardInput {
                         number: "5555555555554444".into(),
