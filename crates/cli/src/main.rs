@@ -120,8 +120,37 @@ enum Verb {
     /// Background jobs.
     #[command(subcommand)]
     Jobs(JobsVerb),
+    /// API keys for the HTTP API.
+    #[command(subcommand)]
+    Keys(KeysVerb),
     /// Seed a demo organization and run a month of traffic through the engine.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum KeysVerb {
+    /// Create a key and print its secret (shown once).
+    Create {
+        /// Organization for admin, billing_admin, license_admin and reader keys.
+        #[arg(long)]
+        org: Option<String>,
+        /// operator, call_control (platform) or admin, billing_admin, license_admin, reader.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys of an organization, or the platform keys.
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    Revoke {
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -694,6 +723,24 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             }
         }
         Verb::Jobs(JobsVerb::Run) => out.jobs(&e.run_jobs(now)?),
+        Verb::Keys(v) => match v {
+            KeysVerb::Create { org: o, role, name } => {
+                let oid = o.map(|o| org(&o)).transpose()?;
+                match e.apply_one(now, Command::CreateKey { org: oid, role, name })? {
+                    Outcome::Key(k) => out.new_key(&k),
+                    _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+                }
+            }
+            KeysVerb::List { org: o } => {
+                let oid = o.map(|o| org(&o)).transpose()?;
+                out.keys(&e.keys(oid.as_deref())?);
+            }
+            KeysVerb::Revoke { org: o, id } => {
+                let oid = o.map(|o| org(&o)).transpose()?;
+                e.apply_one(now, Command::RevokeKey { org: oid.clone(), key_id: id })?;
+                out.keys(&e.keys(oid.as_deref())?);
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

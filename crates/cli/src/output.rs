@@ -475,6 +475,32 @@ impl Out {
         println!("pending orders charged {}", r.orders_charged);
     }
 
+    pub fn new_key(&self, k: &commcredits_engine::keys::NewKey) {
+        if self.json(k) {
+            return;
+        }
+        println!(
+            "key {} ({}{})",
+            k.key.id,
+            k.key.role,
+            k.key.org_id.as_ref().map(|o| format!(" of {o}")).unwrap_or_default()
+        );
+        println!("secret: {}", k.secret);
+        println!("Store it now: it is shown only once. Use it as `Authorization: Bearer <secret>`.");
+    }
+
+    pub fn keys(&self, v: &[commcredits_engine::keys::KeyView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["ID", "ROLE", "NAME", "CREATED", "REVOKED"],
+            v.iter()
+                .map(|k| vec![k.id.clone(), k.role.clone(), k.name.clone(), k.created_at.clone(), opt(&k.revoked_at)])
+                .collect(),
+        );
+    }
+
     pub fn demo(&self, r: &DemoReport) {
         if self.json(r) {
             return;

@@ -11,6 +11,7 @@ pub mod cdr;
 pub mod demo;
 pub mod invariants;
 pub mod jobs;
+pub mod keys;
 pub mod notices;
 pub mod payments;
 pub mod queries;
@@ -160,6 +161,25 @@ pub enum Command {
     OpenPools {
         org: String,
     },
+    CreateKey {
+        org: Option<String>,
+        role: String,
+        name: String,
+    },
+    RevokeKey {
+        org: Option<String>,
+        key_id: String,
+    },
+    /// Runs `inner` once per (`org`, `key`): the first answer is stored in the same
+    /// transaction as the effect and replayed afterwards. The same key with another
+    /// `fingerprint` (request) fails with `conflict`.
+    Idempotent {
+        org: String,
+        key: String,
+        fingerprint: String,
+        conflict: ErrorCode,
+        inner: Box<Command>,
+    },
 }
 
 /// What a command produced.
@@ -178,6 +198,13 @@ pub enum Outcome {
         call_id: String,
     },
     Count(usize),
+    /// A new API key, with its secret (shown once).
+    Key(keys::NewKey),
+    /// The stored first answer to an idempotent request.
+    Replayed {
+        status: u16,
+        body: serde_json::Value,
+    },
 }
 
 /// What commands leave for after the commit: recharge orders to send to the gateway.
@@ -388,7 +415,58 @@ impl Engine {
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
             Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now, fx),
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
+            Command::CreateKey { org, role, name } => keys::create(tx, org.as_deref(), role, name, now),
+            Command::RevokeKey { org, key_id } => keys::revoke(tx, org.as_deref(), key_id, now),
+            Command::Idempotent { org, key, fingerprint, conflict, inner } => {
+                self.idempotent(tx, org, key, fingerprint, *conflict, inner, now, fx)
+            }
         }
+    }
+
+    fn idempotent(
+        &self,
+        tx: &mut dyn Tx,
+        org: &str,
+        key: &str,
+        fingerprint: &str,
+        conflict: ErrorCode,
+        inner: &Command,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<Outcome> {
+        if key.is_empty() || key.len() > 255 {
+            return Err(err!(ErrorCode::InvalidInput, "an idempotency key is 1 to 255 characters"));
+        }
+        if let Some(first) = tx.get_idempotency(org, key)? {
+            if first.fingerprint != fingerprint {
+                return Err(err!(conflict, "'{key}' was already used for a different request"));
+            }
+            let body = serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
+            return Ok(Outcome::Replayed { status: first.status as u16, body });
+        }
+        tx.savepoint()?;
+        let mut local = Effects::default();
+        let result = self.execute(tx, inner, now, &mut local);
+        match &result {
+            Ok(_) => {
+                tx.release_savepoint()?;
+                fx.orders.extend(local.orders);
+            }
+            Err(e) if e.code == ErrorCode::StoreError => return result,
+            Err(_) => tx.rollback_savepoint()?,
+        }
+        let (status, body) = views::respond(&result);
+        if status < 500 {
+            tx.put_idempotency(&commcredits_store::IdempotencyRow {
+                org_id: org.into(),
+                key: key.into(),
+                fingerprint: fingerprint.into(),
+                status: i64::from(status),
+                body: body.to_string(),
+                created_at: now,
+            })?;
+        }
+        result
     }
 
     /// Resolves `--org`: an id, or an organization's exact name when it is unique.

@@ -406,3 +406,36 @@ impl From<&DenialRow> for DenialView {
         }
     }
 }
+
+/// An RFC 9457 problem document for an error, with its stable `code`.
+pub fn problem(e: &commcredits_core::Error) -> serde_json::Value {
+    serde_json::json!({
+        "type": format!("urn:commcredits:problem:{}", e.code.as_str()),
+        "title": e.code.as_str().replace('_', " "),
+        "status": e.code.http_status(),
+        "detail": e.message,
+        "code": e.code.as_str(),
+    })
+}
+
+fn json<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// The HTTP answer to a command's result: status and JSON body.
+pub fn respond(result: &commcredits_core::Result<crate::Outcome>) -> (u16, serde_json::Value) {
+    use crate::Outcome;
+    match result {
+        Err(e) => (e.code.http_status(), problem(e)),
+        Ok(Outcome::Created { id }) => (201, serde_json::json!({ "id": id })),
+        Ok(Outcome::Done) => (200, serde_json::json!({})),
+        Ok(Outcome::Order(v)) => (201, json(v)),
+        Ok(Outcome::Authorized(v)) => (200, json(v)),
+        Ok(Outcome::Updated(v)) => (200, json(v)),
+        Ok(Outcome::Ended(v)) => (200, json(v)),
+        Ok(Outcome::Duplicate { call_id }) => (200, serde_json::json!({ "call_id": call_id, "duplicate": true })),
+        Ok(Outcome::Count(n)) => (200, serde_json::json!({ "count": n })),
+        Ok(Outcome::Key(k)) => (201, json(k)),
+        Ok(Outcome::Replayed { status, body }) => (*status, body.clone()),
+    }
+}

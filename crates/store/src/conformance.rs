@@ -381,6 +381,51 @@ pub fn rate_decks_replace(open: Factory) {
     assert_eq!(read(&*s, |tx| tx.list_rate_decks()), vec![d.clone()]);
 }
 
+pub fn api_keys_and_idempotency(open: Factory) {
+    let s = open();
+    let k = ApiKeyRow {
+        org_id: "o1".into(),
+        key_id: "k1".into(),
+        role: "admin".into(),
+        name: "ci".into(),
+        secret_hash: "ab".repeat(32),
+        created_at: t("2026-01-01T00:00:00Z"),
+        revoked_at: None,
+    };
+    write(&*s, |tx| tx.insert_api_key(&k)).unwrap();
+    assert_eq!(read(&*s, |tx| tx.find_api_key(&"ab".repeat(32))), Some(k.clone()));
+    assert_eq!(read(&*s, |tx| tx.list_api_keys("o1")).len(), 1);
+    assert!(read(&*s, |tx| tx.list_api_keys("")).is_empty());
+    let mut revoked = false;
+    write(&*s, |tx| {
+        revoked = tx.revoke_api_key("o1", "k1", t("2026-02-01T00:00:00Z"))?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(revoked);
+    assert!(read(&*s, |tx| tx.find_api_key(&"ab".repeat(32))).unwrap().revoked_at.is_some());
+    let mut again = true;
+    write(&*s, |tx| {
+        again = tx.revoke_api_key("o1", "k1", t("2026-02-02T00:00:00Z"))?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(!again, "a key is revoked once");
+    let mut i = IdempotencyRow {
+        org_id: "o1".into(),
+        key: "abc".into(),
+        fingerprint: "f".into(),
+        status: 201,
+        body: "{}".into(),
+        created_at: t("2026-01-01T00:00:00Z"),
+    };
+    write(&*s, |tx| tx.put_idempotency(&i)).unwrap();
+    i.body = "{\"id\":1}".into();
+    write(&*s, |tx| tx.put_idempotency(&i)).unwrap();
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "abc")), Some(i.clone()));
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o2", "abc")), None);
+}
+
 /// Writers from several threads serialize: no update is lost.
 pub fn concurrent_writers_lose_nothing(open: Factory) {
     let s: Arc<dyn Store> = Arc::from(open());
@@ -433,6 +478,7 @@ macro_rules! conformance_tests {
             orders_pools_spend_and_notices,
             reservations_cdrs_and_due_scans,
             rate_decks_replace,
+            api_keys_and_idempotency,
             concurrent_writers_lose_nothing,
             reads_are_read_only
         );

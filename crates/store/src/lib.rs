@@ -117,6 +117,22 @@ pub trait Tx {
     fn due_reservations(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
     fn pending_orders(&mut self, limit: usize) -> Result<Vec<(String, String)>>;
 
+    // -- API keys and idempotency --
+    fn insert_api_key(&mut self, k: &ApiKeyRow) -> Result<()>;
+    /// The key with this secret hash, revoked or not.
+    fn find_api_key(&mut self, secret_hash: &str) -> Result<Option<ApiKeyRow>>;
+    /// Keys of an organization (`""` for platform keys).
+    fn list_api_keys(&mut self, org_id: &str) -> Result<Vec<ApiKeyRow>>;
+    /// Revokes a key; false when there is no such active key.
+    fn revoke_api_key(&mut self, org_id: &str, key_id: &str, at: Timestamp) -> Result<bool>;
+    fn get_idempotency(&mut self, org_id: &str, key: &str) -> Result<Option<IdempotencyRow>>;
+    /// Inserts, or replaces the answer of, an idempotency record.
+    fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()>;
+
+    // -- platform-wide gauges (metrics) --
+    fn count_open_reservations_all(&mut self) -> Result<i64>;
+    fn count_pending_notices_all(&mut self) -> Result<i64>;
+
     // -- platform data --
     fn put_rate_deck(&mut self, d: &RateDeckRow) -> Result<()>;
     fn list_rate_decks(&mut self) -> Result<Vec<RateDeckRow>>;

@@ -259,3 +259,28 @@ pub struct RateDeckRow {
     pub entries: i64,
     pub imported_at: Timestamp,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// `""` for platform keys (operator, call_control).
+    pub org_id: String,
+    pub key_id: String,
+    pub role: String,
+    pub name: String,
+    /// SHA-256 of the secret, hex; the secret itself is never stored.
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRow {
+    /// The organization, or `""` for platform requests.
+    pub org_id: String,
+    pub key: String,
+    /// A hash of the request (method, path, body) the key was first used with.
+    pub fingerprint: String,
+    pub status: i64,
+    pub body: String,
+    pub created_at: Timestamp,
+}

@@ -9,7 +9,10 @@ use commcredits_core::{Error, ErrorCode, Result, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::sync::Mutex;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_keys_idempotency.sql")),
+];
 
 pub struct SqliteStore {
     url: String,
@@ -374,6 +377,18 @@ fn cdr_row(r: &Row) -> rusqlite::Result<CdrRow> {
         rate_name: r.get(20)?,
         rate_per_minute: r.get(21)?,
         source: r.get(22)?,
+    })
+}
+
+fn api_key_row(r: &Row) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        org_id: r.get(0)?,
+        key_id: r.get(1)?,
+        role: r.get(2)?,
+        name: r.get(3)?,
+        secret_hash: r.get(4)?,
+        created_at: ts(r.get(5)?),
+        revoked_at: r.get::<_, Option<i64>>(6)?.map(ts),
     })
 }
 
@@ -1077,6 +1092,83 @@ impl Tx for SqliteTx<'_> {
             params![limit as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKeyRow) -> Result<()> {
+        self.exec(
+            "insert api key",
+            "INSERT INTO api_keys (org_id, key_id, role, name, secret_hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![k.org_id, k.key_id, k.role, k.name, k.secret_hash, micros(k.created_at), k.revoked_at.map(micros)],
+        )
+        .map(drop)
+    }
+
+    fn find_api_key(&mut self, secret_hash: &str) -> Result<Option<ApiKeyRow>> {
+        self.one(
+            "find api key",
+            "SELECT org_id, key_id, role, name, secret_hash, created_at, revoked_at FROM api_keys WHERE secret_hash = ?1",
+            [secret_hash],
+            api_key_row,
+        )
+    }
+
+    fn list_api_keys(&mut self, org_id: &str) -> Result<Vec<ApiKeyRow>> {
+        self.many(
+            "list api keys",
+            "SELECT org_id, key_id, role, name, secret_hash, created_at, revoked_at FROM api_keys WHERE org_id = ?1 ORDER BY created_at, key_id",
+            [org_id],
+            api_key_row,
+        )
+    }
+
+    fn revoke_api_key(&mut self, org_id: &str, key_id: &str, at: Timestamp) -> Result<bool> {
+        Ok(self.exec(
+            "revoke api key",
+            "UPDATE api_keys SET revoked_at = ?3 WHERE org_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+            params![org_id, key_id, micros(at)],
+        )? == 1)
+    }
+
+    fn get_idempotency(&mut self, org_id: &str, key: &str) -> Result<Option<IdempotencyRow>> {
+        self.one(
+            "get idempotency",
+            "SELECT org_id, idem_key, fingerprint, status, body, created_at FROM idempotency WHERE org_id = ?1 AND idem_key = ?2",
+            [org_id, key],
+            |r| {
+                Ok(IdempotencyRow {
+                    org_id: r.get(0)?,
+                    key: r.get(1)?,
+                    fingerprint: r.get(2)?,
+                    status: r.get(3)?,
+                    body: r.get(4)?,
+                    created_at: ts(r.get(5)?),
+                })
+            },
+        )
+    }
+
+    fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()> {
+        self.exec(
+            "put idempotency",
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET status = excluded.status, body = excluded.body",
+            params![i.org_id, i.key, i.fingerprint, i.status, i.body, micros(i.created_at)],
+        )
+        .map(drop)
+    }
+
+    fn count_open_reservations_all(&mut self) -> Result<i64> {
+        Ok(self
+            .one("count open reservations", "SELECT COUNT(*) FROM reservations WHERE state = 'pending'", [], |r| {
+                r.get(0)
+            })?
+            .unwrap_or(0))
+    }
+
+    fn count_pending_notices_all(&mut self) -> Result<i64> {
+        Ok(self
+            .one("count pending notices", "SELECT COUNT(*) FROM notices WHERE status = 'pending'", [], |r| r.get(0))?
+            .unwrap_or(0))
     }
 
     fn put_rate_deck(&mut self, d: &RateDeckRow) -> Result<()> {
