@@ -36,6 +36,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
+    /// Run the HTTP API and the background jobs.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "COMMCREDITS_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Seed the demo organization (a month of traffic) when the database is empty,
+        /// and print an admin key for it.
+        #[arg(long)]
+        demo: bool,
+        /// Seconds between background job runs.
+        #[arg(long, default_value_t = 15)]
+        jobs_every: u64,
+    },
     /// Organizations.
     #[command(subcommand)]
     Org(OrgVerb),
@@ -472,6 +485,9 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Some(t) => parse_time("--now", t)?,
         None => Timestamp::now(),
     };
+    if let Verb::Serve { listen, demo, jobs_every } = &cli.command {
+        return serve(&cli.db, listen, *demo, *jobs_every, now);
+    }
     if matches!(cli.command, Verb::Demo) {
         let engine = Engine::open(&cli.db)?;
         let report = commcredits_engine::demo::run(&engine, now)?;
@@ -482,7 +498,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
     let e = &engine;
     let org = |text: &str| -> Result<String> { Ok(e.resolve_org(text)?.org_id) };
     match cli.command {
-        Verb::Demo => unreachable!("handled above"),
+        Verb::Demo | Verb::Serve { .. } => unreachable!("handled above"),
         Verb::Org(v) => match v {
             OrgVerb::Create { name, currency, country, emails } => {
                 let id = created(e.apply_one(now, Command::CreateOrg { name, currency, country, emails })?)?;
@@ -758,4 +774,62 @@ fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -
         None => None,
     };
     number.ok_or_else(|| Error::new(ErrorCode::InvalidInput, "give --from: the user has no phone number of their own"))
+}
+
+fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, now: Timestamp) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let engine = std::sync::Arc::new(Engine::open(db)?);
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| err!(ErrorCode::Internal, "cannot start the runtime: {e}"))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .map_err(|e| err!(ErrorCode::InvalidInput, "cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| err!(ErrorCode::Internal, "{e}"))?;
+    if demo {
+        if engine.orgs()?.is_empty() {
+            eprintln!("Seeding the demo organization (a month of traffic)...");
+            let report = commcredits_engine::demo::run(&engine, now)?;
+            let key = match engine.apply_one(
+                now,
+                Command::CreateKey {
+                    org: Some(report.org_id.clone()),
+                    role: "admin".into(),
+                    name: "demo admin".into(),
+                },
+            )? {
+                Outcome::Key(k) => k,
+                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+            };
+            let cc = match engine.apply_one(
+                now,
+                Command::CreateKey { org: None, role: "call_control".into(), name: "demo call control".into() },
+            )? {
+                Outcome::Key(k) => k,
+                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+            };
+            println!("{}", report.text.trim_end());
+            println!();
+            println!("Demo organization: {}", report.org_id);
+            println!("Admin URL:         http://{addr}/admin");
+            println!("Admin API key:     {}", key.secret);
+            println!("Call-control key:  {}", cc.secret);
+            println!("Keys are shown once. Try:");
+            println!(
+                "  curl -H 'Authorization: Bearer {}' http://{addr}/v1/orgs/{}/credits",
+                key.secret, report.org_id
+            );
+        } else {
+            println!("The database already holds organizations: not seeding the demo.");
+            println!("Create a key with: commcredits --db {db} keys create --org ORG --role admin");
+        }
+    }
+    println!("Listening on http://{addr} (API under /v1, OpenAPI at /openapi.json)");
+    runtime
+        .block_on(commcredits_server::serve(engine, listener, std::time::Duration::from_secs(jobs_every.max(1))))
+        .map_err(|e| err!(ErrorCode::Internal, "server failed: {e}"))?;
+    eprintln!("Stopped.");
+    Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,7 @@ pub struct CdrRecord {
     pub duration_seconds: u32,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RowProblem {
     pub line: u64,
     pub call_id: String,
@@ -35,7 +35,7 @@ pub struct RowProblem {
     pub message: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ImportReport {
     pub rows: usize,
     pub charged: usize,

@@ -62,7 +62,7 @@ pub struct Principal {
     pub org_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub role: String,
@@ -86,7 +86,7 @@ impl From<&ApiKeyRow> for KeyView {
 }
 
 /// A new key: the only time its secret is shown.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NewKey {
     #[serde(flatten)]
     pub key: KeyView,

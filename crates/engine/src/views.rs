@@ -13,7 +13,7 @@ pub fn iso(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrgView {
     pub id: String,
     pub name: String,
@@ -40,7 +40,7 @@ impl From<&OrgRow> for OrgView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UserView {
     pub id: String,
     pub upn: String,
@@ -71,7 +71,7 @@ impl UserView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SubscriptionView {
     pub sku: String,
     pub quantity: i64,
@@ -79,7 +79,7 @@ pub struct SubscriptionView {
     pub available: i64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NumberView {
     pub number: String,
     pub kind: String,
@@ -98,7 +98,7 @@ impl From<&NumberRow> for NumberView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CardView {
     pub brand: String,
     pub last4: String,
@@ -107,7 +107,7 @@ pub struct CardView {
     pub holder: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PaymentMethodView {
     pub id: String,
     #[serde(rename = "type")]
@@ -137,7 +137,7 @@ impl From<&PaymentMethodRow> for PaymentMethodView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LotView {
     pub id: String,
     pub amount: i64,
@@ -162,7 +162,7 @@ impl From<&LotRow> for LotView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AutoRechargeView {
     pub enabled: bool,
     pub amount: i64,
@@ -170,7 +170,7 @@ pub struct AutoRechargeView {
     pub payment_method_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CreditsView {
     pub balance: i64,
     pub reserved: i64,
@@ -198,7 +198,7 @@ impl CreditsView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LedgerEntryView {
     pub seq: i64,
     pub id: String,
@@ -231,14 +231,14 @@ impl LedgerEntryView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LedgerPage {
     pub entries: Vec<LedgerEntryView>,
     /// Pass as `after` to read the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrderView {
     pub id: String,
     pub kind: String,
@@ -271,7 +271,7 @@ impl From<&OrderRow> for OrderView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PoolView {
     /// ISO country, or `*` for the organization-wide conferencing pool.
     pub country: String,
@@ -299,13 +299,14 @@ impl PoolView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct NoticeView {
     pub id: String,
     pub kind: String,
     pub created_at: String,
     pub subject: String,
     pub body: String,
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub status: String,
 }
@@ -325,7 +326,7 @@ impl From<&NoticeRow> for NoticeView {
 }
 
 /// The answer to `authorize` (and to `rate`, which changes nothing).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuthorizeView {
     pub call_id: String,
     pub decision: String,
@@ -344,7 +345,7 @@ pub struct AuthorizeView {
     pub pool: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UpdateView {
     pub call_id: String,
     /// Further seconds granted beyond `used_seconds`.
@@ -355,7 +356,7 @@ pub struct UpdateView {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EndView {
     pub call_id: String,
     pub charge: i64,
@@ -384,7 +385,7 @@ impl From<&CdrRow> for EndView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DenialView {
     pub at: String,
     pub call_id: String,

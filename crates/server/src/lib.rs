@@ -1,0 +1,243 @@
+//! The HTTP API of commcredits (SPEC §3): axum on the engine. Reads run on the
+//! blocking pool against reader connections; call control goes through the
+//! group-commit writer; everything else is applied one command at a time.
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod writer;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use commcredits_core::{ErrorCode, Timestamp};
+use commcredits_engine::Engine;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Largest JSON request body.
+pub const MAX_JSON_BODY: usize = 256 * 1024;
+/// Largest CSV upload (CDRs, rate decks).
+pub const MAX_CSV_BODY: usize = 64 * 1024 * 1024;
+
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub calls: writer::CallWriter,
+    pub failures: auth::FailureLimiter,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "commcredits", description = "Real-time prepaid charging of Communications Credits for business telephony."),
+    modifiers(&Security)
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; several apps in one test
+/// process share it).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .and_then(|b| b.install_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+        })
+        .clone()
+}
+
+/// The API routes with their OpenAPI document.
+pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
+    let csv_routes = OpenApiRouter::new()
+        .routes(routes!(routes::import_cdrs))
+        .routes(routes!(routes::import_rates))
+        .layer(DefaultBodyLimit::max(MAX_CSV_BODY));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::create_org))
+        .routes(routes!(routes::get_org))
+        .routes(routes!(routes::create_user, routes::list_users))
+        .routes(routes!(routes::get_user, routes::patch_user))
+        .routes(routes!(routes::add_subscription, routes::list_subscriptions))
+        .routes(routes!(routes::set_licenses))
+        .routes(routes!(routes::assign_licenses))
+        .routes(routes!(routes::add_number, routes::list_numbers))
+        .routes(routes!(routes::list_pools))
+        .routes(routes!(routes::add_payment_method, routes::list_payment_methods))
+        .routes(routes!(routes::get_credits))
+        .routes(routes!(routes::add_funds))
+        .routes(routes!(routes::set_auto_recharge))
+        .routes(routes!(routes::get_ledger))
+        .routes(routes!(routes::list_orders))
+        .routes(routes!(routes::list_notifications))
+        .routes(routes!(routes::authorize))
+        .routes(routes!(routes::update))
+        .routes(routes!(routes::end))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .merge(csv_routes)
+        .split_for_parts()
+}
+
+/// The whole application: API, OpenAPI document, health, metrics.
+pub fn router(app: Arc<App>) -> Router {
+    let (api, doc) = api();
+    let doc = Arc::new(doc);
+    api.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc.as_ref().clone()) }
+        }),
+    )
+    .route("/healthz", axum::routing::get(healthz))
+    .route("/metrics", axum::routing::get(metrics_text))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(middleware::from_fn(track))
+    .with_state(app)
+}
+
+async fn not_found() -> Response {
+    error::err(ErrorCode::NotFound, "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    error::err(ErrorCode::MethodNotAllowed, "this route does not take that method").into_response()
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let engine = app.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.read(|tx| tx.list_rate_decks().map(|_| ()))).await {
+        Ok(Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+        _ => error::err(ErrorCode::StoreError, "the database does not answer").into_response(),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let engine = app.engine.clone();
+    let gauges = tokio::task::spawn_blocking(move || {
+        engine.read(|tx| Ok((tx.count_open_reservations_all()?, tx.count_pending_notices_all()?)))
+    })
+    .await;
+    if let Ok(Ok((open, pending))) = gauges {
+        metrics::gauge!("commcredits_reservations_open").set(open as f64);
+        metrics::gauge!("commcredits_notices_pending").set(pending as f64);
+    }
+    let mut r = app.metrics.render().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// Counts requests and their latency per route template.
+async fn track(req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("commcredits_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::histogram!("commcredits_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+impl App {
+    pub fn new(engine: Arc<Engine>) -> Arc<App> {
+        Arc::new(App {
+            calls: writer::CallWriter::start(engine.clone()),
+            engine,
+            failures: auth::FailureLimiter::default(),
+            metrics: prometheus(),
+        })
+    }
+}
+
+/// Runs the background jobs every `every` until the shutdown signal.
+pub fn spawn_jobs(
+    engine: Arc<Engine>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || e.run_jobs(Timestamp::now())).await {
+                Ok(Ok(r)) => {
+                    metrics::counter!("commcredits_jobs_reservations_expired_total")
+                        .increment(r.reservations_expired as u64);
+                    metrics::counter!("commcredits_jobs_lots_expired_total").increment(r.lots_expired as u64);
+                }
+                Ok(Err(e)) => tracing::error!("background jobs failed: {e}"),
+                Err(e) => tracing::error!("background jobs panicked: {e}"),
+            }
+        }
+    })
+}
+
+/// Serves until SIGINT or SIGTERM, then stops accepting, finishes in-flight requests
+/// and the queued call-control commands, and returns.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    jobs_every: Duration,
+) -> std::io::Result<()> {
+    let app = App::new(engine.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let jobs = spawn_jobs(engine, jobs_every, stop_rx);
+    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    let _ = jobs.await;
+    // Requests are finished; drain and stop the writer (commits what it holds).
+    if let Ok(mut app) = Arc::try_unwrap(app) {
+        app.calls.stop();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,896 @@
+//! The routes of SPEC §3, each documented for OpenAPI by its `#[utoipa::path]`: the
+//! router is built from these annotations, so the document and the server cannot
+//! disagree.
+
+use crate::auth::{check_org, check_platform, Auth, Need};
+use crate::error::{err, parse, problem_response, ApiError, ApiResult, Body};
+use crate::App;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use commcredits_core::catalog::DeckKind;
+use commcredits_core::money::Currency;
+use commcredits_core::{ErrorCode, Timestamp};
+use commcredits_engine::admin::UserChanges;
+use commcredits_engine::calls::AuthorizeRequest;
+use commcredits_engine::cdr::ImportReport;
+use commcredits_engine::keys::Role;
+use commcredits_engine::payments::CardInput;
+use commcredits_engine::views::*;
+use commcredits_engine::{Command, Outcome};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+type AppState = State<Arc<App>>;
+
+/// Largest page a list returns, and the default.
+pub const MAX_PAGE: usize = 1_000;
+pub const DEFAULT_PAGE: usize = 100;
+/// Most users one bulk license assignment may name.
+pub const MAX_BULK_USERS: usize = 1_000;
+
+/// An RFC 9457 problem.
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The stable machine-readable code.
+    pub code: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub id: String,
+}
+
+/// A page of a list; pass `next_cursor` as `cursor` for the next one.
+#[derive(Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// At most 1000; default 100.
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn paginate<T>(mut items: Vec<T>, key: impl Fn(&T) -> String, q: &PageQuery) -> ApiResult<Json<Page<T>>> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(err(ErrorCode::InvalidInput, format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    items.sort_by_key(|a| key(a));
+    if let Some(c) = &q.cursor {
+        items.retain(|i| key(i).as_str() > c.as_str());
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = if more { items.last().map(&key) } else { None };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Runs blocking engine work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> commcredits_core::Result<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| err(ErrorCode::Internal, e.to_string()))?.map_err(ApiError)
+}
+
+fn idem_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k =
+                v.to_str().map_err(|_| err(ErrorCode::InvalidInput, "Idempotency-Key must be visible ASCII"))?.trim();
+            if k.is_empty() || k.len() > 255 {
+                return Err(err(ErrorCode::InvalidInput, "Idempotency-Key must be 1 to 255 characters"));
+            }
+            Ok(Some(k.to_string()))
+        }
+    }
+}
+
+pub(crate) fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update(b" ");
+    h.update(uri.path().as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// The request as the idempotency wrapper sees it.
+pub(crate) struct Req<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl Req<'_> {
+    /// Wraps `cmd` with the request's Idempotency-Key, when it has one.
+    fn wrap(&self, scope: &str, cmd: Command) -> ApiResult<Command> {
+        Ok(match idem_key(self.headers)? {
+            Some(key) => Command::Idempotent {
+                org: scope.into(),
+                key,
+                fingerprint: fingerprint(self.method, self.uri, self.body),
+                conflict: ErrorCode::IdempotencyKeyReused,
+                inner: Box::new(cmd),
+            },
+            None => cmd,
+        })
+    }
+}
+
+fn answer(result: &commcredits_core::Result<Outcome>) -> Response {
+    if let Err(e) = result {
+        if matches!(e.code, ErrorCode::Internal | ErrorCode::StoreError) {
+            return ApiError(e.clone()).into_response();
+        }
+    }
+    let (status, body) = respond(result);
+    problem_response(status, body)
+}
+
+/// Applies a command (with the request's Idempotency-Key) and answers.
+async fn mutate(app: &Arc<App>, scope: &str, req: Req<'_>, cmd: Command) -> ApiResult<Response> {
+    let cmd = req.wrap(scope, cmd)?;
+    let engine = app.engine.clone();
+    let result = tokio::task::spawn_blocking(move || engine.apply_one(Timestamp::now(), cmd))
+        .await
+        .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    Ok(answer(&result))
+}
+
+fn major(currency: &str, minor: i64, what: &str) -> ApiResult<String> {
+    if minor < 0 {
+        return Err(err(ErrorCode::InvalidAmount, format!("{what} cannot be negative")));
+    }
+    Ok(Currency::parse(currency)?.format_minor(minor))
+}
+
+async fn org_currency(app: &Arc<App>, org: &str) -> ApiResult<String> {
+    let engine = app.engine.clone();
+    let org = org.to_string();
+    Ok(blocking(move || engine.org_view(&org)).await?.currency)
+}
+
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+// ---------------------------------------------------------------- organizations
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: String,
+    /// ISO 4217 billing currency.
+    pub currency: String,
+    /// ISO 3166 alpha-2 home country.
+    pub country: String,
+    #[serde(default)]
+    pub notification_emails: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/orgs", tag = "organizations", request_body = CreateOrg,
+    responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn create_org(
+    State(app): AppState,
+    Auth(p): Auth,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_platform(&p, Role::Operator)?;
+    let r: CreateOrg = parse(&body)?;
+    let cmd =
+        Command::CreateOrg { name: r.name, currency: r.currency, country: r.country, emails: r.notification_emails };
+    mutate(&app, "", Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "organizations", params(("org" = String, Path)),
+    responses((status = 200, body = OrgView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get_org(State(app): AppState, Auth(p): Auth, Path(org): Path<String>) -> ApiResult<Json<OrgView>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.org_view(&org)).await?))
+}
+
+// ---------------------------------------------------------------- users and licenses
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub upn: String,
+    pub display_name: String,
+    pub usage_location: String,
+    pub phone_number: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/users", tag = "users", params(("org" = String, Path)), request_body = CreateUser,
+    responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn create_user(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Licenses)?;
+    let r: CreateUser = parse(&body)?;
+    let cmd = Command::CreateUser {
+        org: org.clone(),
+        upn: r.upn,
+        display_name: r.display_name,
+        usage_location: r.usage_location,
+        phone_number: r.phone_number,
+    };
+    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/users", tag = "users", params(("org" = String, Path), PageQuery),
+    responses((status = 200, body = Page<UserView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_users(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<UserView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    paginate(blocking(move || engine.users(&org)).await?, |u| u.upn.clone(), &q)
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/users/{user}", tag = "users", params(("org" = String, Path), ("user" = String, Path, description = "id or UPN")),
+    responses((status = 200, body = UserView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get_user(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path((org, user)): Path<(String, String)>,
+) -> ApiResult<Json<UserView>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.user(&org, &user)).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUser {
+    pub display_name: Option<String>,
+    pub usage_location: Option<String>,
+    /// international, domestic or disabled.
+    pub dial_out_policy: Option<String>,
+    pub conference_dial_out_policy: Option<String>,
+    /// Monthly credits limit in minor units; null removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub spend_limit: Option<Option<i64>>,
+}
+
+#[utoipa::path(patch, path = "/v1/orgs/{org}/users/{user}", tag = "users", params(("org" = String, Path), ("user" = String, Path)), request_body = PatchUser,
+    responses((status = 200, body = UserView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn patch_user(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path((org, user)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Licenses)?;
+    let r: PatchUser = parse(&body)?;
+    let spend_limit = match r.spend_limit {
+        Some(Some(minor)) => Some(Some(major(&org_currency(&app, &org).await?, minor, "spend_limit")?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let cmd = Command::UpdateUser(UserChanges {
+        org: org.clone(),
+        user: user.clone(),
+        display_name: r.display_name,
+        usage_location: r.usage_location,
+        dial_out: r.dial_out_policy,
+        conference_dial_out: r.conference_dial_out_policy,
+        spend_limit,
+    });
+    user_answer(&app, &org, &user, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+/// Applies a change to a user and answers with the user as it now is.
+async fn user_answer(app: &Arc<App>, org: &str, user: &str, req: Req<'_>, cmd: Command) -> ApiResult {
+    let cmd = req.wrap(org, cmd)?;
+    let engine = app.engine.clone();
+    let (org, user) = (org.to_string(), user.to_string());
+    let r = blocking(move || {
+        let applied = engine.apply_one(Timestamp::now(), cmd);
+        Ok((applied.as_ref().err().cloned(), matches!(applied, Ok(Outcome::Replayed { .. })), engine.user(&org, &user)))
+    })
+    .await?;
+    match r {
+        (Some(e), _, _) => Ok(answer(&Err(e))),
+        (None, _, view) => Ok(Json(view?).into_response()),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSubscription {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/subscriptions", tag = "licenses", params(("org" = String, Path)), request_body = AddSubscription,
+    responses((status = 200, description = "the new total", body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn add_subscription(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Billing)?;
+    let r: AddSubscription = parse(&body)?;
+    mutate(
+        &app,
+        &org,
+        Req { method: &method, uri: &uri, headers: &headers, body: &body },
+        Command::AddSubscription { org: org.clone(), sku: r.sku, quantity: r.quantity },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/subscriptions", tag = "licenses", params(("org" = String, Path)),
+    responses((status = 200, body = Vec<SubscriptionView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_subscriptions(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+) -> ApiResult<Json<Vec<SubscriptionView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.subscriptions(&org)).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLicenses {
+    /// The full set of SKUs the user holds afterwards.
+    pub skus: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/v1/orgs/{org}/users/{user}/licenses", tag = "licenses", params(("org" = String, Path), ("user" = String, Path)), request_body = SetLicenses,
+    responses((status = 200, body = UserView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn set_licenses(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path((org, user)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Licenses)?;
+    let r: SetLicenses = parse(&body)?;
+    let cmd = Command::SetLicenses { org: org.clone(), user: user.clone(), skus: r.skus };
+    user_answer(&app, &org, &user, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignLicenses {
+    pub sku: String,
+    pub user_ids: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/licenses/assign", tag = "licenses", params(("org" = String, Path)), request_body = AssignLicenses,
+    responses((status = 200, description = "users now holding the SKU", body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn assign_licenses(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Licenses)?;
+    let r: AssignLicenses = parse(&body)?;
+    if r.user_ids.len() > MAX_BULK_USERS {
+        return Err(err(ErrorCode::InvalidInput, format!("at most {MAX_BULK_USERS} users per assignment")));
+    }
+    mutate(
+        &app,
+        &org,
+        Req { method: &method, uri: &uri, headers: &headers, body: &body },
+        Command::AssignLicense { org: org.clone(), sku: r.sku, users: r.user_ids },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------- numbers and pools
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNumber {
+    pub number: String,
+    /// user, service or toll_free.
+    pub kind: String,
+    pub user_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/numbers", tag = "numbers", params(("org" = String, Path)), request_body = AddNumber,
+    responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn add_number(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Licenses)?;
+    let r: AddNumber = parse(&body)?;
+    mutate(
+        &app,
+        &org,
+        Req { method: &method, uri: &uri, headers: &headers, body: &body },
+        Command::AddNumber { org: org.clone(), number: r.number, kind: r.kind, user: r.user_id },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/numbers", tag = "numbers", params(("org" = String, Path), PageQuery),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_numbers(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<NumberView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    paginate(blocking(move || engine.numbers(&org)).await?, |n| n.number.clone(), &q)
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/pools", tag = "numbers", params(("org" = String, Path)),
+    responses((status = 200, body = Vec<PoolView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_pools(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+) -> ApiResult<Json<Vec<PoolView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.pools(&org, Timestamp::now())).await?))
+}
+
+// ---------------------------------------------------------------- payment methods and credits
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CardBody {
+    pub number: String,
+    pub exp_month: u32,
+    pub exp_year: i32,
+    pub holder: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddPaymentMethod {
+    /// card or enterprise_agreement.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub card: Option<CardBody>,
+    pub agreement_number: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/payment-methods", tag = "credits", params(("org" = String, Path)), request_body = AddPaymentMethod,
+    responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn add_payment_method(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Billing)?;
+    let r: AddPaymentMethod = parse(&body)?;
+    let cmd = match (r.kind.as_str(), r.card, r.agreement_number) {
+        ("card", Some(c), None) => {
+            let engine = app.engine.clone();
+            let holder = c.holder.clone();
+            let input = CardInput { number: c.number, exp_month: c.exp_month, exp_year: c.exp_year, holder: c.holder.unwrap_or_default() };
+            let token = blocking(move || engine.gateway().tokenize_card(&input, Timestamp::now())).await?;
+            Command::AddCard { org: org.clone(), token, holder }
+        }
+        ("enterprise_agreement", None, Some(a)) => Command::AddAgreement { org: org.clone(), agreement_number: a },
+        _ => {
+            return Err(err(
+                ErrorCode::InvalidInput,
+                "give {\"type\": \"card\", \"card\": {...}} or {\"type\": \"enterprise_agreement\", \"agreement_number\": ...}",
+            ))
+        }
+    };
+    // The fingerprint covers the body; the card number itself is never stored.
+    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/payment-methods", tag = "credits", params(("org" = String, Path), PageQuery),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_payment_methods(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<PaymentMethodView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    paginate(blocking(move || engine.payment_methods(&org)).await?, |m| m.id.clone(), &q)
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/credits", tag = "credits", params(("org" = String, Path)),
+    responses((status = 200, body = CreditsView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get_credits(State(app): AppState, Auth(p): Auth, Path(org): Path<String>) -> ApiResult<Json<CreditsView>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.credits(&org)).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddFunds {
+    /// Minor units of the billing currency.
+    pub amount: i64,
+    pub payment_method_id: String,
+    pub po_number: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/credits/funds", tag = "credits", params(("org" = String, Path)), request_body = AddFunds,
+    responses((status = 201, body = OrderView), (status = 402, description = "payment refused", body = Problem), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn add_funds(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Billing)?;
+    let r: AddFunds = parse(&body)?;
+    if r.amount <= 0 {
+        return Err(err(ErrorCode::InvalidAmount, "amount must be a positive number of minor units"));
+    }
+    let amount = major(&org_currency(&app, &org).await?, r.amount, "amount")?;
+    let cmd = Command::PlaceOrder {
+        org: org.clone(),
+        amount,
+        payment_method_id: r.payment_method_id,
+        po_number: r.po_number,
+        purchased_at: None,
+    };
+    let cmd = Req { method: &method, uri: &uri, headers: &headers, body: &body }.wrap(&org, cmd)?;
+    let engine = app.engine.clone();
+    blocking(move || {
+        let now = Timestamp::now();
+        // `apply` charges the order placed once it is committed.
+        let result = engine.apply_one(now, cmd);
+        let id = match &result {
+            Ok(Outcome::Order(v)) => v.id.clone(),
+            Ok(Outcome::Replayed { status, body }) if *status < 300 => {
+                body["id"].as_str().unwrap_or_default().to_string()
+            }
+            _ => return Ok(answer(&result)),
+        };
+        // First answer or replay: the order as it stands now (a retry after a crash
+        // between placing and charging sees the pending order charged by `jobs run`).
+        let order = engine.read(|tx| tx.get_order(&org, &id))?;
+        Ok(match order {
+            Some(o) if o.status == "failed" => {
+                let code = match o.failure_reason.as_deref() {
+                    Some("expired_card") => ErrorCode::ExpiredCard,
+                    Some("unknown_payment_method") => ErrorCode::PaymentMethodNotFound,
+                    _ => ErrorCode::PaymentDeclined,
+                };
+                let e = commcredits_core::Error::new(
+                    code,
+                    format!("payment refused ({}); order {} is recorded as failed", code, o.order_id),
+                );
+                problem_response(code.http_status(), problem(&e))
+            }
+            Some(o) => problem_response(201, serde_json::to_value(OrderView::from(&o)).unwrap_or_default()),
+            None => answer(&result),
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAutoRecharge {
+    pub enabled: bool,
+    /// Minor units.
+    pub amount: Option<i64>,
+    /// Minor units.
+    pub threshold: Option<i64>,
+    pub payment_method_id: Option<String>,
+}
+
+#[utoipa::path(put, path = "/v1/orgs/{org}/credits/auto-recharge", tag = "credits", params(("org" = String, Path)), request_body = SetAutoRecharge,
+    responses((status = 200, body = CreditsView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn set_auto_recharge(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Billing)?;
+    let r: SetAutoRecharge = parse(&body)?;
+    let cur = org_currency(&app, &org).await?;
+    let amount = r.amount.map(|a| major(&cur, a, "amount")).transpose()?;
+    let threshold = r.threshold.map(|t| major(&cur, t, "threshold")).transpose()?;
+    let cmd = Command::SetAutoRecharge {
+        org: org.clone(),
+        enabled: r.enabled,
+        amount,
+        threshold,
+        payment_method_id: r.payment_method_id,
+    };
+    let cmd = Req { method: &method, uri: &uri, headers: &headers, body: &body }.wrap(&org, cmd)?;
+    let engine = app.engine.clone();
+    blocking(move || {
+        let result = engine.apply_one(Timestamp::now(), cmd);
+        if result.is_err() || matches!(&result, Ok(Outcome::Replayed { status, .. }) if *status >= 300) {
+            return Ok(answer(&result));
+        }
+        Ok(Json(engine.credits(&org)?).into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/credits/ledger", tag = "credits", params(("org" = String, Path), LedgerQuery),
+    responses((status = 200, body = LedgerPage), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get_ledger(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<LedgerQuery>,
+) -> ApiResult<Json<LedgerPage>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.ledger(&org, q.cursor.as_deref(), q.limit.unwrap_or(DEFAULT_PAGE))).await?))
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/orders", tag = "credits", params(("org" = String, Path), PageQuery),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_orders(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<OrderView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    paginate(blocking(move || engine.orders(&org)).await?, |o| o.id.clone(), &q)
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/notifications", tag = "credits", params(("org" = String, Path), PageQuery),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_notifications(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<NoticeView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    paginate(blocking(move || engine.notices(&org)).await?, |n| n.id.clone(), &q)
+}
+
+// ---------------------------------------------------------------- call control
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeBody {
+    pub org_id: String,
+    pub call_id: String,
+    /// outbound, toll_free_inbound or conference_dial_out.
+    #[serde(rename = "type")]
+    pub call_type: String,
+    /// The caller or meeting organizer (id or UPN); absent for toll-free.
+    pub user_id: Option<String>,
+    pub from: String,
+    pub to: String,
+    /// Default 300.
+    pub requested_seconds: Option<u32>,
+}
+
+/// Queues a call-control command on the group-commit writer, with the request's
+/// Idempotency-Key and a call-id key that makes retries answer the first result.
+async fn call_command(app: &Arc<App>, org: &str, call_key: Option<String>, req: Req<'_>, cmd: Command) -> ApiResult {
+    let cmd = match call_key {
+        Some(key) => Command::Idempotent {
+            org: org.into(),
+            key,
+            fingerprint: fingerprint(req.method, req.uri, req.body),
+            conflict: ErrorCode::DuplicateCallId,
+            inner: Box::new(cmd),
+        },
+        None => cmd,
+    };
+    let cmd = req.wrap(org, cmd)?;
+    let result = app.calls.submit(cmd).await;
+    if let Ok(Outcome::Authorized(v)) = &result {
+        metrics::counter!("commcredits_authorize_decisions_total", "decision" => v.decision.clone(), "reason" => v.reason.clone().unwrap_or_default()).increment(1);
+    }
+    Ok(answer(&result))
+}
+
+fn check_call_control(p: &commcredits_engine::keys::Principal) -> ApiResult<()> {
+    check_platform(p, Role::CallControl)
+}
+
+#[utoipa::path(post, path = "/v1/calls/authorize", tag = "calls", request_body = AuthorizeBody,
+    responses((status = 200, body = AuthorizeView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn authorize(
+    State(app): AppState,
+    Auth(p): Auth,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_call_control(&p)?;
+    let r: AuthorizeBody = parse(&body)?;
+    let org = r.org_id.clone();
+    let key = format!("authorize:{}", r.call_id);
+    let cmd = Command::Authorize(AuthorizeRequest {
+        org: r.org_id,
+        call_id: r.call_id,
+        call_type: r.call_type,
+        user: r.user_id,
+        from: r.from,
+        to: r.to,
+        requested_seconds: r.requested_seconds,
+    });
+    call_command(&app, &org, Some(key), Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    pub org_id: String,
+    /// Seconds used since answer, cumulative.
+    pub used_seconds: u32,
+    /// Further seconds wanted.
+    #[serde(default)]
+    pub requested_seconds: u32,
+}
+
+#[utoipa::path(post, path = "/v1/calls/{call_id}/update", tag = "calls", params(("call_id" = String, Path)), request_body = UpdateBody,
+    responses((status = 200, body = UpdateView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn update(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(call_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_call_control(&p)?;
+    let r: UpdateBody = parse(&body)?;
+    let org = r.org_id.clone();
+    let key = format!("update:{call_id}:{}:{}", r.used_seconds, r.requested_seconds);
+    let cmd = Command::Update {
+        org: r.org_id,
+        call_id,
+        used_seconds: r.used_seconds,
+        requested_seconds: r.requested_seconds,
+    };
+    call_command(&app, &org, Some(key), Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndBody {
+    pub org_id: String,
+    pub duration_seconds: u32,
+}
+
+#[utoipa::path(post, path = "/v1/calls/{call_id}/end", tag = "calls", params(("call_id" = String, Path)), request_body = EndBody,
+    responses((status = 200, body = EndView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn end(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(call_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_call_control(&p)?;
+    let r: EndBody = parse(&body)?;
+    let org = r.org_id.clone();
+    // A repeated end answers the first result by itself.
+    let cmd = Command::End { org: r.org_id, call_id, duration_seconds: r.duration_seconds };
+    call_command(&app, &org, None, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/cdrs", tag = "calls", params(("org" = String, Path)),
+    request_body(content = String, content_type = "text/csv", description = "call_id,type,user,from,to,start_time,duration_seconds"),
+    responses((status = 200, body = ImportReport), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn import_cdrs(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<ImportReport>> {
+    check_org(&p, &org, Need::AdminOrCallControl)?;
+    let engine = app.engine.clone();
+    let report = blocking(move || {
+        // Platform keys name the organization in the path: check it exists.
+        engine.org_view(&org)?;
+        engine.import_cdrs(&org, &body[..], Timestamp::now(), &mut |_| {})
+    })
+    .await?;
+    Ok(Json(report))
+}
+
+#[utoipa::path(put, path = "/v1/rates/{kind}/{currency}", tag = "platform",
+    params(("kind" = String, Path, description = "outbound, dial_out or toll_free"), ("currency" = String, Path)),
+    request_body(content = String, content_type = "text/csv", description = "prefix,name,connection_fee,rate_per_minute,increment_seconds,premium"),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn import_rates(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path((kind, currency)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_platform(&p, Role::Operator)?;
+    let kind = DeckKind::parse(&kind)?;
+    let csv =
+        String::from_utf8(body.to_vec()).map_err(|_| err(ErrorCode::InvalidRateDeck, "the deck must be UTF-8 text"))?;
+    mutate(
+        &app,
+        "",
+        Req { method: &method, uri: &uri, headers: &headers, body: &body },
+        Command::ImportRates { kind, currency, csv },
+    )
+    .await
+}
