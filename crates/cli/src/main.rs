@@ -813,7 +813,7 @@ fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, now: Timestamp) ->
             println!("{}", report.text.trim_end());
             println!();
             println!("Demo organization: {}", report.org_id);
-            println!("Admin URL:         http://{addr}/admin");
+            println!("API:               http://{addr}/v1 (OpenAPI at http://{addr}/openapi.json)");
             println!("Admin API key:     {}", key.secret);
             println!("Call-control key:  {}", cc.secret);
             println!("Keys are shown once. Try:");
