@@ -170,6 +170,16 @@ pub enum Command {
         org: Option<String>,
         key_id: String,
     },
+    /// Records the answer to a request whose effects were applied by commands of their
+    /// own (a CDR file spans many batches; each row is idempotent on its call id).
+    /// Keeps an answer already recorded under the key.
+    RememberAnswer {
+        org: String,
+        key: String,
+        fingerprint: String,
+        status: u16,
+        body: serde_json::Value,
+    },
     /// Runs `inner` once per (`org`, `key`): the first answer is stored in the same
     /// transaction as the effect and replayed afterwards. The same key with another
     /// `fingerprint` (request) fails with `conflict`.
@@ -417,6 +427,19 @@ impl Engine {
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
             Command::CreateKey { org, role, name } => keys::create(tx, org.as_deref(), role, name, now),
             Command::RevokeKey { org, key_id } => keys::revoke(tx, org.as_deref(), key_id, now),
+            Command::RememberAnswer { org, key, fingerprint, status, body } => {
+                if tx.get_idempotency(org, key)?.is_none() {
+                    tx.put_idempotency(&commcredits_store::IdempotencyRow {
+                        org_id: org.clone(),
+                        key: key.clone(),
+                        fingerprint: fingerprint.clone(),
+                        status: i64::from(*status),
+                        body: body.to_string(),
+                        created_at: now,
+                    })?;
+                }
+                Ok(Outcome::Done)
+            }
             Command::Idempotent { org, key, fingerprint, conflict, inner } => {
                 self.idempotent(tx, org, key, fingerprint, *conflict, inner, now, fx)
             }

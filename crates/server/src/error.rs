@@ -21,7 +21,7 @@ impl From<Error> for ApiError {
 
 pub type ApiResult<T = Response> = Result<T, ApiError>;
 
-pub fn problem_response(status: u16, body: serde_json::Value) -> Response {
+pub fn json_response(status: u16, body: serde_json::Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (status, body.to_string()).into_response();
     let ct = if status.is_client_error() || status.is_server_error() {
@@ -39,9 +39,9 @@ impl IntoResponse for ApiError {
             // Internal details are logged, never sent.
             tracing::error!(code = %self.0.code, "{}", self.0.message);
             let e = Error::new(self.0.code, "internal error; the request was not applied or its outcome is unknown");
-            return problem_response(e.code.http_status(), commcredits_engine::views::problem(&e));
+            return json_response(e.code.http_status(), commcredits_engine::views::problem(&e));
         }
-        problem_response(self.0.code.http_status(), commcredits_engine::views::problem(&self.0))
+        json_response(self.0.code.http_status(), commcredits_engine::views::problem(&self.0))
     }
 }
 

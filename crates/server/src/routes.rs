@@ -3,7 +3,7 @@
 //! disagree.
 
 use crate::auth::{check_org, check_platform, Auth, Need};
-use crate::error::{err, parse, problem_response, ApiError, ApiResult, Body};
+use crate::error::{err, json_response, parse, ApiError, ApiResult, Body};
 use crate::App;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, Uri};
@@ -140,7 +140,7 @@ fn answer(result: &commcredits_core::Result<Outcome>) -> Response {
         }
     }
     let (status, body) = respond(result);
-    problem_response(status, body)
+    json_response(status, body)
 }
 
 /// Applies a command (with the request's Idempotency-Key) and answers.
@@ -618,9 +618,9 @@ pub async fn add_funds(
                     code,
                     format!("payment refused ({}); order {} is recorded as failed", code, o.order_id),
                 );
-                problem_response(code.http_status(), problem(&e))
+                json_response(code.http_status(), problem(&e))
             }
-            Some(o) => problem_response(201, serde_json::to_value(OrderView::from(&o)).unwrap_or_default()),
+            Some(o) => json_response(201, serde_json::to_value(OrderView::from(&o)).unwrap_or_default()),
             None => answer(&result),
         })
     })
@@ -856,17 +856,42 @@ pub async fn import_cdrs(
     State(app): AppState,
     Auth(p): Auth,
     Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     Body(body): Body,
-) -> ApiResult<Json<ImportReport>> {
+) -> ApiResult {
     check_org(&p, &org, Need::AdminOrCallControl)?;
+    let key = idem_key(&headers)?;
+    let fp = fingerprint(&method, &uri, &body);
     let engine = app.engine.clone();
-    let report = blocking(move || {
+    blocking(move || {
         // Platform keys name the organization in the path: check it exists.
         engine.org_view(&org)?;
-        engine.import_cdrs(&org, &body[..], Timestamp::now(), &mut |_| {})
+        if let Some(k) = &key {
+            if let Some(first) = engine.read(|tx| tx.get_idempotency(&org, k))? {
+                if first.fingerprint != fp {
+                    return Err(commcredits_core::Error::new(
+                        ErrorCode::IdempotencyKeyReused,
+                        format!("'{k}' was already used for a different request"),
+                    ));
+                }
+                let body: serde_json::Value = serde_json::from_str(&first.body).unwrap_or_default();
+                return Ok(json_response(first.status as u16, body));
+            }
+        }
+        // Each row is charged at most once (by call id), so the file can be sent again.
+        let report = engine.import_cdrs(&org, &body[..], Timestamp::now(), &mut |_| {})?;
+        let answer = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(k) = key {
+            engine.apply_one(
+                Timestamp::now(),
+                Command::RememberAnswer { org, key: k, fingerprint: fp, status: 200, body: answer.clone() },
+            )?;
+        }
+        Ok(json_response(200, answer))
     })
-    .await?;
-    Ok(Json(report))
+    .await
 }
 
 #[utoipa::path(put, path = "/v1/rates/{kind}/{currency}", tag = "platform",
