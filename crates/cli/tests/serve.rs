@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 fn get(addr: &str, path: &str, key: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -62,10 +63,8 @@ fn serve_demo_prints_a_working_key_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // A second start on the same database does not seed again.
-    let out = Command::new(env!("CARGO_BIN_EXE_commcredits"))
-        .args(["--db", &db, "--json", "org", "list"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_commcredits")).args(["--db", &db, "--json", "org", "list"]).output().unwrap();
     let orgs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(orgs.as_array().unwrap().len(), 1);
 }

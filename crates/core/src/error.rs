@@ -44,6 +44,7 @@ pub enum ErrorCode {
     RateLimited,
     Overloaded,
     MethodNotAllowed,
+    IdempotencyKeyInUse,
     StoreError,
     Internal,
 }
@@ -87,6 +88,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Overloaded,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::IdempotencyKeyInUse,
         ErrorCode::StoreError,
         ErrorCode::Internal,
     ];
@@ -131,6 +133,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             ErrorCode::StoreError => "store_error",
             ErrorCode::Internal => "internal_error",
         }
@@ -141,9 +144,8 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             NotFound | OrgNotFound | UserNotFound | PaymentMethodNotFound | UnknownCall => 404,
-            DuplicateUpn | DuplicateNumber | DuplicateCallId | NoFreeSeat | CallAlreadyEnded | IdempotencyKeyReused => {
-                409
-            }
+            DuplicateUpn | DuplicateNumber | DuplicateCallId | NoFreeSeat | CallAlreadyEnded | IdempotencyKeyReused
+            | IdempotencyKeyInUse => 409,
             PaymentDeclined | ExpiredCard => 402,
             Unauthorized => 401,
             Forbidden => 403,

@@ -197,7 +197,13 @@ pub(crate) fn update_user(engine: &Engine, tx: &mut dyn Tx, c: &UserChanges) -> 
         };
     }
     tx.update_user(&u)?;
-    Ok(Outcome::Done)
+    user_outcome(tx, &u)
+}
+
+/// The user as a change left it, read in the same transaction.
+fn user_outcome(tx: &mut dyn Tx, u: &UserRow) -> Result<Outcome> {
+    let licenses = tx.user_licenses(&u.org_id, &u.user_id)?;
+    Ok(Outcome::User(crate::views::UserView::new(u, licenses)))
 }
 
 pub(crate) fn add_subscription(
@@ -265,7 +271,7 @@ pub(crate) fn set_licenses(
     check_seats(tx, org_id, &adding)?;
     let names: Vec<String> = wanted.iter().map(|s| s.as_str().to_string()).collect();
     tx.set_user_licenses(org_id, &u.user_id, &names)?;
-    Ok(Outcome::Done)
+    user_outcome(tx, &u)
 }
 
 /// Assigns (or removes) one SKU for many users, all or nothing.
@@ -286,6 +292,10 @@ pub(crate) fn change_license(
     let mut new_assignments = 0i64;
     for text in users {
         let u = find_user(tx, org_id, text)?;
+        // The same user named twice (by id and by UPN) counts once.
+        if plans.iter().any(|(id, _)| *id == u.user_id) {
+            continue;
+        }
         let mut set = held(tx, org_id, &u.user_id)?;
         let had = set.contains(&sku);
         if assign && !had {

@@ -364,6 +364,15 @@ fn min_purchase_minor(engine: &Engine, cur: Currency) -> i64 {
 }
 
 fn check_minimum(engine: &Engine, cur: Currency, amount: i64, what: &str) -> Result<()> {
+    let max = engine.config.max_purchase_major.saturating_mul(10i64.pow(cur.exponent()));
+    if amount > max {
+        return Err(err!(
+            ErrorCode::InvalidAmount,
+            "{what} {} {cur} is above the largest single purchase of {} {cur}",
+            cur.format_minor(amount),
+            cur.format_minor(max)
+        ));
+    }
     let min = min_purchase_minor(engine, cur);
     if amount < min {
         return Err(err!(
@@ -534,7 +543,8 @@ pub(crate) fn set_auto_recharge(
     b.account.ar_armed = true;
     b.after_change(tx, now, fx, false)?;
     b.save(tx)?;
-    Ok(Outcome::Done)
+    let lots = tx.list_lots(org_id)?;
+    Ok(Outcome::Credits(crate::views::CreditsView::new(&b.account, &lots)))
 }
 
 pub(crate) fn expire_lot(

@@ -519,7 +519,8 @@ pub(crate) fn update(
         return Err(err!(ErrorCode::CallAlreadyEnded, "call '{call_id}' has already ended ({})", res.state));
     }
     let current = res.granted_seconds as u32;
-    let used = used_seconds.min(current);
+    // Usage is cumulative: a lower figure than already reported is ignored.
+    let used = used_seconds.max(res.used_seconds as u32).min(current);
     res.used_seconds = i64::from(used);
     res.updated_at = now;
     let wanted = used.saturating_add(requested_seconds);

@@ -30,6 +30,9 @@ use std::sync::{Arc, RwLock};
 pub struct Config {
     /// Minimum manual purchase and recharge amount, in major units of the billing currency.
     pub min_purchase_major: i64,
+    /// Largest manual purchase and recharge amount, in major units. Bounds every
+    /// balance far below integer overflow.
+    pub max_purchase_major: i64,
     /// Added to the granted time to form a reservation's validity.
     pub grace_seconds: i64,
     pub default_requested_seconds: u32,
@@ -43,6 +46,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             min_purchase_major: 50,
+            max_purchase_major: 1_000_000,
             grace_seconds: 30,
             default_requested_seconds: 300,
             expiring_notice_days: 30,
@@ -170,9 +174,16 @@ pub enum Command {
         org: Option<String>,
         key_id: String,
     },
-    /// Records the answer to a request whose effects were applied by commands of their
-    /// own (a CDR file spans many batches; each row is idempotent on its call id).
-    /// Keeps an answer already recorded under the key.
+    /// Claims an idempotency key for a request whose effects span several
+    /// transactions (a CDR file): answers `Count(1)` when this request may proceed,
+    /// `Replayed` with the first answer, or `idempotency_key_in_use` while another
+    /// request holds the claim.
+    ClaimAnswer {
+        org: String,
+        key: String,
+        fingerprint: String,
+    },
+    /// Records the answer to a request claimed with `ClaimAnswer`.
     RememberAnswer {
         org: String,
         key: String,
@@ -208,6 +219,10 @@ pub enum Outcome {
         call_id: String,
     },
     Count(usize),
+    /// A user as the change left it.
+    User(views::UserView),
+    /// The credits account as the change left it.
+    Credits(views::CreditsView),
     /// A new API key, with its secret (shown once).
     Key(keys::NewKey),
     /// The stored first answer to an idempotent request.
@@ -427,17 +442,47 @@ impl Engine {
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
             Command::CreateKey { org, role, name } => keys::create(tx, org.as_deref(), role, name, now),
             Command::RevokeKey { org, key_id } => keys::revoke(tx, org.as_deref(), key_id, now),
-            Command::RememberAnswer { org, key, fingerprint, status, body } => {
-                if tx.get_idempotency(org, key)?.is_none() {
-                    tx.put_idempotency(&commcredits_store::IdempotencyRow {
-                        org_id: org.clone(),
-                        key: key.clone(),
-                        fingerprint: fingerprint.clone(),
-                        status: i64::from(*status),
-                        body: body.to_string(),
-                        created_at: now,
-                    })?;
+            Command::ClaimAnswer { org, key, fingerprint } => {
+                match tx.get_idempotency(org, key)? {
+                    Some(first) if first.fingerprint != *fingerprint => {
+                        return Err(err!(
+                            ErrorCode::IdempotencyKeyReused,
+                            "'{key}' was already used for a different request"
+                        ))
+                    }
+                    Some(first) if first.status == 0 => {
+                        return Err(err!(
+                            ErrorCode::IdempotencyKeyInUse,
+                            "a request with key '{key}' is still being processed; retry shortly"
+                        ))
+                    }
+                    // A request that failed on our side (5xx) may be tried again.
+                    Some(first) if first.status < 500 => {
+                        let body =
+                            serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
+                        return Ok(Outcome::Replayed { status: first.status as u16, body });
+                    }
+                    _ => {}
                 }
+                tx.put_idempotency(&commcredits_store::IdempotencyRow {
+                    org_id: org.clone(),
+                    key: key.clone(),
+                    fingerprint: fingerprint.clone(),
+                    status: 0,
+                    body: "null".into(),
+                    created_at: now,
+                })?;
+                Ok(Outcome::Count(1))
+            }
+            Command::RememberAnswer { org, key, fingerprint, status, body } => {
+                tx.put_idempotency(&commcredits_store::IdempotencyRow {
+                    org_id: org.clone(),
+                    key: key.clone(),
+                    fingerprint: fingerprint.clone(),
+                    status: i64::from(*status),
+                    body: body.to_string(),
+                    created_at: now,
+                })?;
                 Ok(Outcome::Done)
             }
             Command::Idempotent { org, key, fingerprint, conflict, inner } => {

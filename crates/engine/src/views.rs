@@ -234,7 +234,7 @@ impl LedgerEntryView {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LedgerPage {
     pub entries: Vec<LedgerEntryView>,
-    /// Pass as `after` to read the next page; absent on the last page.
+    /// Pass as `cursor` (HTTP) or `--after` (CLI) to read the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -437,6 +437,8 @@ pub fn respond(result: &commcredits_core::Result<crate::Outcome>) -> (u16, serde
         Ok(Outcome::Duplicate { call_id }) => (200, serde_json::json!({ "call_id": call_id, "duplicate": true })),
         Ok(Outcome::Count(n)) => (200, serde_json::json!({ "count": n })),
         Ok(Outcome::Key(k)) => (201, json(k)),
+        Ok(Outcome::User(v)) => (200, json(v)),
+        Ok(Outcome::Credits(v)) => (200, json(v)),
         Ok(Outcome::Replayed { status, body }) => (*status, body.clone()),
     }
 }

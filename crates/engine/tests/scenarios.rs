@@ -557,3 +557,20 @@ fn concurrent_calls_never_overspend_and_recharge_once() {
     assert_eq!(b.charges, 7200);
     assert_eq!(b.balance, 10000 + 5000 * recharges as i64 - 7200, "{:?}", e.orders(&o.id).unwrap());
 }
+
+#[test]
+fn usage_reported_lower_than_before_is_ignored() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.purchase(&o.id, "50", &o.card, None, None, now).unwrap();
+    auth(&e, now, &o.id, "c1", "outbound", Some(&o.bob), "+442079460000", "+447400123456", Some(300));
+    assert_eq!(update(&e, now, &o.id, "c1", 200, 0).used_seconds, 200);
+    // A confused call control reports less: the call keeps the higher figure, so a
+    // timeout settles what was really used.
+    assert_eq!(update(&e, now, &o.id, "c1", 30, 0).used_seconds, 200);
+    assert_eq!(e.run_jobs(t("2026-11-02T10:00:00Z")).unwrap().reservations_expired, 1);
+    let cdr = &e.cdrs(&o.id, t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z")).unwrap()[0];
+    assert_eq!(cdr.duration_seconds, 200);
+    check(&e, &o.id);
+}

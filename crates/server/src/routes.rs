@@ -5,7 +5,7 @@
 use crate::auth::{check_org, check_platform, Auth, Need};
 use crate::error::{err, json_response, parse, ApiError, ApiResult, Body};
 use crate::App;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,6 +24,20 @@ use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 type AppState = State<Arc<App>>;
+
+/// A query string, with malformed or unknown parameters as 422 problems.
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(err(ErrorCode::InvalidInput, format!("invalid query string: {}", e.body_text()))),
+        }
+    }
+}
 
 /// Largest page a list returns, and the default.
 pub const MAX_PAGE: usize = 1_000;
@@ -98,6 +112,9 @@ fn idem_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
+/// A hash of the request an idempotency key was used with. A card number is
+/// replaced by its last four digits first: the stored hash must not let anyone
+/// recover the number by trying the few candidates its brand, last 4 and expiry leave.
 pub(crate) fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -105,7 +122,15 @@ pub(crate) fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> String {
     h.update(b" ");
     h.update(uri.path().as_bytes());
     h.update(b"\n");
-    h.update(body);
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) if v.pointer("/card/number").is_some() => {
+            let digits: String =
+                v["card"]["number"].as_str().unwrap_or("").chars().filter(char::is_ascii_digit).collect();
+            v["card"]["number"] = serde_json::Value::String(digits[digits.len().saturating_sub(4)..].to_string());
+            h.update(v.to_string().as_bytes());
+        }
+        _ => h.update(body),
+    }
     hex::encode(h.finalize())
 }
 
@@ -309,23 +334,7 @@ pub async fn patch_user(
         conference_dial_out: r.conference_dial_out_policy,
         spend_limit,
     });
-    user_answer(&app, &org, &user, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
-}
-
-/// Applies a change to a user and answers with the user as it now is.
-async fn user_answer(app: &Arc<App>, org: &str, user: &str, req: Req<'_>, cmd: Command) -> ApiResult {
-    let cmd = req.wrap(org, cmd)?;
-    let engine = app.engine.clone();
-    let (org, user) = (org.to_string(), user.to_string());
-    let r = blocking(move || {
-        let applied = engine.apply_one(Timestamp::now(), cmd);
-        Ok((applied.as_ref().err().cloned(), matches!(applied, Ok(Outcome::Replayed { .. })), engine.user(&org, &user)))
-    })
-    .await?;
-    match r {
-        (Some(e), _, _) => Ok(answer(&Err(e))),
-        (None, _, view) => Ok(Json(view?).into_response()),
-    }
+    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -390,7 +399,7 @@ pub async fn set_licenses(
     check_org(&p, &org, Need::Licenses)?;
     let r: SetLicenses = parse(&body)?;
     let cmd = Command::SetLicenses { org: org.clone(), user: user.clone(), skus: r.skus };
-    user_answer(&app, &org, &user, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -661,16 +670,8 @@ pub async fn set_auto_recharge(
         threshold,
         payment_method_id: r.payment_method_id,
     };
-    let cmd = Req { method: &method, uri: &uri, headers: &headers, body: &body }.wrap(&org, cmd)?;
-    let engine = app.engine.clone();
-    blocking(move || {
-        let result = engine.apply_one(Timestamp::now(), cmd);
-        if result.is_err() || matches!(&result, Ok(Outcome::Replayed { status, .. }) if *status >= 300) {
-            return Ok(answer(&result));
-        }
-        Ok(Json(engine.credits(&org)?).into_response())
-    })
-    .await
+    // The answer, the credits as the change left them, is rendered in the transaction.
+    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -868,28 +869,32 @@ pub async fn import_cdrs(
     blocking(move || {
         // Platform keys name the organization in the path: check it exists.
         engine.org_view(&org)?;
+        let now = Timestamp::now();
         if let Some(k) = &key {
-            if let Some(first) = engine.read(|tx| tx.get_idempotency(&org, k))? {
-                if first.fingerprint != fp {
-                    return Err(commcredits_core::Error::new(
-                        ErrorCode::IdempotencyKeyReused,
-                        format!("'{k}' was already used for a different request"),
-                    ));
-                }
-                let body: serde_json::Value = serde_json::from_str(&first.body).unwrap_or_default();
-                return Ok(json_response(first.status as u16, body));
+            match engine
+                .apply_one(now, Command::ClaimAnswer { org: org.clone(), key: k.clone(), fingerprint: fp.clone() })
+            {
+                Ok(Outcome::Count(_)) => {}
+                other => return Ok(answer(&other)),
             }
         }
         // Each row is charged at most once (by call id), so the file can be sent again.
-        let report = engine.import_cdrs(&org, &body[..], Timestamp::now(), &mut |_| {})?;
-        let answer = serde_json::to_value(&report).unwrap_or_default();
+        let result =
+            engine.import_cdrs(&org, &body[..], now, &mut |_| {}).map(|r| serde_json::to_value(&r).unwrap_or_default());
+        let (status, json) = match &result {
+            Ok(v) => (200, v.clone()),
+            Err(e) => (e.code.http_status(), problem(e)),
+        };
         if let Some(k) = key {
             engine.apply_one(
                 Timestamp::now(),
-                Command::RememberAnswer { org, key: k, fingerprint: fp, status: 200, body: answer.clone() },
+                Command::RememberAnswer { org, key: k, fingerprint: fp, status, body: json.clone() },
             )?;
         }
-        Ok(json_response(200, answer))
+        Ok(match result {
+            Err(e) => ApiError(e).into_response(),
+            Ok(_) => json_response(200, json),
+        })
     })
     .await
 }
