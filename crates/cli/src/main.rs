@@ -48,6 +48,9 @@ enum Verb {
         /// Seconds between background job runs.
         #[arg(long, default_value_t = 15)]
         jobs_every: u64,
+        /// Seconds a reservation stays valid beyond its granted time without an update or end.
+        #[arg(long, default_value_t = 30)]
+        reservation_grace: i64,
     },
     /// Organizations.
     #[command(subcommand)]
@@ -485,8 +488,8 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Some(t) => parse_time("--now", t)?,
         None => Timestamp::now(),
     };
-    if let Verb::Serve { listen, demo, jobs_every } = &cli.command {
-        return serve(&cli.db, listen, *demo, *jobs_every, now);
+    if let Verb::Serve { listen, demo, jobs_every, reservation_grace } = &cli.command {
+        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, now);
     }
     if matches!(cli.command, Verb::Demo) {
         let engine = Engine::open(&cli.db)?;
@@ -776,12 +779,14 @@ fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -
     number.ok_or_else(|| Error::new(ErrorCode::InvalidInput, "give --from: the user has no phone number of their own"))
 }
 
-fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, now: Timestamp) -> Result<ExitCode> {
+fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, grace_seconds: i64, now: Timestamp) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let engine = std::sync::Arc::new(Engine::open(db)?);
+    let mut engine = Engine::open(db)?;
+    engine.config.grace_seconds = grace_seconds.clamp(0, 3600);
+    let engine = std::sync::Arc::new(engine);
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| err!(ErrorCode::Internal, "cannot start the runtime: {e}"))?;
     let listener = runtime
