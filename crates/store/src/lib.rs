@@ -6,6 +6,7 @@
 //! commit). Reads go through [`Store::read`].
 
 pub mod conformance;
+pub mod postgres;
 pub mod rows;
 pub mod sqlite;
 
@@ -143,13 +144,11 @@ pub fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::StoreError, format!("{context}: {e}"))
 }
 
-/// Opens a store from a URL: `sqlite://PATH`, `sqlite::memory:` or a plain file path.
+/// Opens a store from a URL: `postgres://…` or `postgresql://…` (PostgreSQL),
+/// `sqlite://PATH`, `sqlite::memory:` or a plain file path (SQLite).
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(Error::new(
-            ErrorCode::InvalidInput,
-            "PostgreSQL is not supported by this build yet; use sqlite://PATH",
-        ));
+        return Ok(Box::new(postgres::PostgresStore::open(url)?));
     }
     Ok(Box::new(sqlite::SqliteStore::open(url)?))
 }
