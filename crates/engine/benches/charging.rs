@@ -168,24 +168,25 @@ fn synthetic_deck(n: usize) -> RateDeck {
     RateDeck::new(DeckKind::Outbound, Currency::parse("USD").unwrap(), entries).unwrap()
 }
 
-fn main() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = commcredits_store::sqlite::SqliteStore::open(&url).unwrap();
-    let e = Engine::new(Arc::new(store)).unwrap();
+/// Runs the call-cycle scenarios on one engine and prints them; returns the
+/// unbatched one-organization rate.
+fn call_cycles(e: &Engine, label: &str, scale: usize) -> f64 {
     let now: Timestamp = "2026-11-02T09:00:00Z".parse().unwrap();
-    println!("commcredits charging benchmark (SQLite file, WAL, synchronous=FULL; {})", dir.path().display());
-
-    let one = tenants(&e, 1, now);
-    let many = tenants(&e, 1_000, now);
+    println!("{label}");
+    let one = tenants(e, 1, now);
+    let many = tenants(e, 1_000, now);
     let runs: [(&str, &[Tenant], usize, usize); 4] = [
-        ("1 busy organization, unbatched", &one, 1_000, 1),
-        ("1 busy organization, batches of 256", &one, 20_000, 256),
-        ("1,000 organizations, unbatched", &many, 1_000, 1),
-        ("1,000 organizations, batches of 256", &many, 20_000, 256),
+        ("1 busy organization, unbatched", &one, 1_000 / scale, 1),
+        ("1 busy organization, batches of 256", &one, 20_000 / scale, 256),
+        ("1,000 organizations, unbatched", &many, 1_000 / scale, 1),
+        ("1,000 organizations, batches of 256", &many, 20_000 / scale, 256),
     ];
+    let mut first = 0.0;
     for (k, (label, ts, n, batch)) in runs.iter().enumerate() {
-        let rate = cycles(&e, ts, *n, *batch, &format!("r{k}"), now);
+        let rate = cycles(e, ts, *n, *batch, &format!("r{k}"), now);
+        if k == 0 {
+            first = rate;
+        }
         println!(
             "  {label:<40} {rate:>10.0} call cycles/s  ({n} cycles, authorize + end, {} commits)",
             if *batch == 1 { 2 * n } else { 2 * n.div_ceil(*batch) }
@@ -193,6 +194,60 @@ fn main() {
     }
     for t in one.iter().chain(many.iter().take(3)) {
         e.check_books(&t.org).unwrap();
+    }
+    first
+}
+
+/// pgbench's TPC-B-like transactions per second with `clients` clients for 10 s, on a
+/// fresh database of the same server.
+fn pgbench(base: &str, clients: u32) -> Option<f64> {
+    let db = commcredits_store::postgres::test_database(base).ok()?;
+    let url = db.url().to_string();
+    let init = std::process::Command::new("pgbench").args(["-i", "-q", "-s", "1", &url]).output().ok()?;
+    if !init.status.success() {
+        return None;
+    }
+    let c = clients.to_string();
+    let out = std::process::Command::new("pgbench")
+        .args(["-b", "tpcb-like", "-T", "10", "-c", &c, "-j", &c, "-n", &url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find(|l| l.starts_with("tps = ")).and_then(|l| l[6..].split_whitespace().next()?.parse().ok())
+}
+
+fn main() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store = commcredits_store::sqlite::SqliteStore::open(&url).unwrap();
+    let e = Engine::new(Arc::new(store)).unwrap();
+    call_cycles(
+        &e,
+        &format!("commcredits charging benchmark (SQLite file, WAL, synchronous=FULL; {})", dir.path().display()),
+        1,
+    );
+
+    // The same on PostgreSQL, and pgbench against the same server for scale.
+    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match commcredits_store::postgres::test_database(&base) {
+        Err(err) => println!("PostgreSQL skipped in this benchmark run: cannot reach {base}: {err}"),
+        Ok(db) => {
+            let store = commcredits_store::postgres::PostgresStore::open(db.url()).unwrap();
+            let e = Engine::new(Arc::new(store)).unwrap();
+            let ours = call_cycles(&e, "PostgreSQL (SERIALIZABLE, synchronous_commit as configured)", 2);
+            let commits = 2.0 * ours;
+            match (pgbench(&base, 1), pgbench(&base, 8)) {
+                (Some(one), Some(eight)) => {
+                    println!("  pgbench -b tpcb-like, 1 client             {one:>10.0} tps");
+                    println!("  pgbench -b tpcb-like, 8 clients            {eight:>10.0} tps");
+                    println!(
+                        "  ratio: unbatched commits/s {commits:.0} (2 per cycle) / pgbench 1-client tps = {:.2}",
+                        commits / one
+                    );
+                }
+                _ => println!("  pgbench did not run (is it installed?)"),
+            }
+        }
     }
 
     let deck = synthetic_deck(250_000);
