@@ -50,6 +50,8 @@ struct Server {
     addr: String,
 }
 
+// The caller kills and waits for the server it gets back.
+#[allow(clippy::zombie_processes)]
 fn start_server(db: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commcredits"))
         .args(["--db", db, "serve", "--listen", "127.0.0.1:0", "--jobs-every", "1", "--reservation-grace", "2"])
@@ -71,6 +73,7 @@ fn start_server(db: &str) -> Server {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("a server did not start");
 }
 
