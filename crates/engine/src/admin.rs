@@ -62,6 +62,7 @@ pub(crate) fn create_org(
         low_balance_minor: None,
         suspended: false,
         created_at: now,
+        disabled_notices: vec![],
     })?;
     tx.insert_account(&AccountRow {
         org_id: id.clone(),

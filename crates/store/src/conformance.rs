@@ -24,6 +24,7 @@ fn org(id: &str) -> OrgRow {
         low_balance_minor: Some(1000),
         suspended: false,
         created_at: t("2026-01-01T00:00:00Z"),
+        disabled_notices: vec!["low_balance".into()],
     }
 }
 
@@ -426,6 +427,77 @@ pub fn api_keys_and_idempotency(open: Factory) {
     assert_eq!(read(&*s, |tx| tx.get_idempotency("o2", "abc")), None);
 }
 
+pub fn webhooks_and_deliveries(open: Factory) {
+    let s = open();
+    let w = WebhookRow {
+        org_id: "o1".into(),
+        webhook_id: "w1".into(),
+        url: "https://hooks.example/cc".into(),
+        secret: "s".into(),
+        created_at: t("2026-01-01T00:00:00Z"),
+    };
+    let notice = NoticeRow {
+        seq: 0,
+        org_id: "o1".into(),
+        notice_id: "n1".into(),
+        kind: "balance_exhausted".into(),
+        created_at: t("2026-01-01T00:00:00Z"),
+        subject: "s".into(),
+        body: "b".into(),
+        data: "{}".into(),
+        status: "pending".into(),
+    };
+    let mut d = DeliveryRow {
+        org_id: "o1".into(),
+        delivery_id: "d1".into(),
+        notice_id: "n1".into(),
+        channel: "email".into(),
+        target: "a@example.com\nb@example.com".into(),
+        status: "pending".into(),
+        attempts: 0,
+        next_attempt_at: t("2026-01-01T00:00:00Z"),
+        last_error: None,
+        sent_at: None,
+        created_at: t("2026-01-01T00:00:00Z"),
+    };
+    write(&*s, |tx| {
+        tx.insert_webhook(&w)?;
+        tx.insert_notice(&notice)?;
+        tx.insert_delivery(&d)
+    })
+    .unwrap();
+    assert_eq!(read(&*s, |tx| tx.get_webhook("o1", "w1")), Some(w.clone()));
+    assert_eq!(read(&*s, |tx| tx.list_webhooks("o1")).len(), 1);
+    assert_eq!(read(&*s, |tx| tx.get_notice("o1", "n1")).unwrap().kind, "balance_exhausted");
+    assert_eq!(
+        read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:00:00Z"), 10)),
+        vec![("o1".to_string(), "d1".to_string())]
+    );
+    d.attempts = 1;
+    d.next_attempt_at = t("2026-01-01T00:05:00Z");
+    d.last_error = Some("connection refused".into());
+    write(&*s, |tx| {
+        tx.update_delivery(&d)?;
+        tx.set_notice_status("o1", "n1", "failed")
+    })
+    .unwrap();
+    assert!(read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:04:59Z"), 10)).is_empty());
+    assert_eq!(read(&*s, |tx| tx.get_delivery("o1", "d1")), Some(d.clone()));
+    assert_eq!(read(&*s, |tx| tx.list_deliveries("o1")), vec![d.clone()]);
+    assert_eq!(read(&*s, |tx| tx.get_notice("o1", "n1")).unwrap().status, "failed");
+    d.status = "failed".into();
+    write(&*s, |tx| tx.update_delivery(&d)).unwrap();
+    assert_eq!(read(&*s, |tx| tx.count_failed_deliveries_all()), 1);
+    let mut deleted = false;
+    write(&*s, |tx| {
+        deleted = tx.delete_webhook("o1", "w1")?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(deleted);
+    assert!(read(&*s, |tx| tx.list_webhooks("o1")).is_empty());
+}
+
 /// Writers from several threads serialize: no update is lost.
 pub fn concurrent_writers_lose_nothing(open: Factory) {
     let s: Arc<dyn Store> = Arc::from(open());
@@ -479,6 +551,7 @@ macro_rules! conformance_tests {
             reservations_cdrs_and_due_scans,
             rate_decks_replace,
             api_keys_and_idempotency,
+            webhooks_and_deliveries,
             concurrent_writers_lose_nothing,
             reads_are_read_only
         );

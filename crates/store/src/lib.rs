@@ -130,6 +130,23 @@ pub trait Tx {
     /// Inserts, or replaces the answer of, an idempotency record.
     fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()>;
 
+    // -- notice delivery --
+    fn get_notice(&mut self, org_id: &str, notice_id: &str) -> Result<Option<NoticeRow>>;
+    fn set_notice_status(&mut self, org_id: &str, notice_id: &str, status: &str) -> Result<()>;
+    fn insert_webhook(&mut self, w: &WebhookRow) -> Result<()>;
+    fn get_webhook(&mut self, org_id: &str, webhook_id: &str) -> Result<Option<WebhookRow>>;
+    fn list_webhooks(&mut self, org_id: &str) -> Result<Vec<WebhookRow>>;
+    /// Deletes a webhook; false when there is none.
+    fn delete_webhook(&mut self, org_id: &str, webhook_id: &str) -> Result<bool>;
+    fn insert_delivery(&mut self, d: &DeliveryRow) -> Result<()>;
+    fn update_delivery(&mut self, d: &DeliveryRow) -> Result<()>;
+    fn get_delivery(&mut self, org_id: &str, delivery_id: &str) -> Result<Option<DeliveryRow>>;
+    /// Deliveries of an organization, oldest first.
+    fn list_deliveries(&mut self, org_id: &str) -> Result<Vec<DeliveryRow>>;
+    /// Pending deliveries whose next attempt is due, oldest due first.
+    fn due_deliveries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
+    fn count_failed_deliveries_all(&mut self) -> Result<i64>;
+
     // -- platform-wide gauges (metrics) --
     fn count_open_reservations_all(&mut self) -> Result<i64>;
     fn count_pending_notices_all(&mut self) -> Result<i64>;

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_keys_idempotency.sql")),
+    (3, include_str!("../migrations/postgres/0003_delivery.sql")),
 ];
 
 /// Connections per store, opened lazily. A PostgreSQL backend is a process: a few
@@ -665,7 +666,7 @@ fn opt_month(r: &Row, i: usize) -> Result<Option<i32>> {
 // per-connection statement cache) built at compile time. Identical to the SQLite ones.
 macro_rules! org_cols {
     () => {
-        "org_id, name, currency, country, notification_emails, low_balance_minor, suspended, created_at"
+        "org_id, name, currency, country, notification_emails, low_balance_minor, suspended, created_at, disabled_notices"
     };
 }
 fn org_row(r: &Row) -> Result<OrgRow> {
@@ -679,6 +680,52 @@ fn org_row(r: &Row) -> Result<OrgRow> {
         low_balance_minor: get(r, 5)?,
         suspended: get(r, 6)?,
         created_at: time(r, 7)?,
+        disabled_notices: get::<String>(r, 8)?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+    })
+}
+
+macro_rules! delivery_cols {
+    () => {
+        "org_id, delivery_id, notice_id, channel, target, status, attempts, next_attempt_at, last_error, sent_at, created_at"
+    };
+}
+fn delivery_row(r: &Row) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        org_id: get(r, 0)?,
+        delivery_id: get(r, 1)?,
+        notice_id: get(r, 2)?,
+        channel: get(r, 3)?,
+        target: get(r, 4)?,
+        status: get(r, 5)?,
+        attempts: get(r, 6)?,
+        next_attempt_at: time(r, 7)?,
+        last_error: get(r, 8)?,
+        sent_at: opt_time(r, 9)?,
+        created_at: time(r, 10)?,
+    })
+}
+
+fn webhook_row(r: &Row) -> Result<WebhookRow> {
+    Ok(WebhookRow {
+        org_id: get(r, 0)?,
+        webhook_id: get(r, 1)?,
+        url: get(r, 2)?,
+        secret: get(r, 3)?,
+        created_at: time(r, 4)?,
+    })
+}
+
+fn notice_row(r: &Row) -> Result<NoticeRow> {
+    Ok(NoticeRow {
+        seq: get(r, 0)?,
+        org_id: get(r, 1)?,
+        notice_id: get(r, 2)?,
+        kind: get(r, 3)?,
+        created_at: time(r, 4)?,
+        subject: get(r, 5)?,
+        body: get(r, 6)?,
+        data: get(r, 7)?,
+        status: get(r, 8)?,
     })
 }
 
@@ -975,7 +1022,7 @@ impl Tx for PgTx<'_> {
     fn insert_org(&mut self, o: &OrgRow) -> Result<()> {
         self.exec(
             "insert org",
-            concat!("INSERT INTO orgs (", org_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+            concat!("INSERT INTO orgs (", org_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
             &[
                 &o.org_id,
                 &o.name,
@@ -985,6 +1032,7 @@ impl Tx for PgTx<'_> {
                 &o.low_balance_minor,
                 &o.suspended,
                 &micros(o.created_at),
+                &o.disabled_notices.join("\n"),
             ],
         )
         .map(drop)
@@ -1001,8 +1049,16 @@ impl Tx for PgTx<'_> {
     fn update_org(&mut self, o: &OrgRow) -> Result<()> {
         self.exec(
             "update org",
-            "UPDATE orgs SET name = $2, notification_emails = $3, low_balance_minor = $4, suspended = $5 WHERE org_id = $1",
-            &[&o.org_id, &o.name, &o.notification_emails.join("\n"), &o.low_balance_minor, &o.suspended],
+            "UPDATE orgs SET name = $2, notification_emails = $3, low_balance_minor = $4, suspended = $5, \
+             disabled_notices = $6 WHERE org_id = $1",
+            &[
+                &o.org_id,
+                &o.name,
+                &o.notification_emails.join("\n"),
+                &o.low_balance_minor,
+                &o.suspended,
+                &o.disabled_notices.join("\n"),
+            ],
         )
         .map(drop)
     }
@@ -1806,6 +1862,136 @@ impl Tx for PgTx<'_> {
 
     fn count_pending_notices_all(&mut self) -> Result<i64> {
         self.count("count pending notices", "SELECT COUNT(*) FROM notices WHERE status = 'pending'", &[])
+    }
+
+    fn get_notice(&mut self, org_id: &str, notice_id: &str) -> Result<Option<NoticeRow>> {
+        self.one(
+            "get notice",
+            "SELECT seq, org_id, notice_id, kind, created_at, subject, body, data, status FROM notices \
+             WHERE org_id = $1 AND notice_id = $2",
+            &[&org_id, &notice_id],
+            notice_row,
+        )
+    }
+
+    fn set_notice_status(&mut self, org_id: &str, notice_id: &str, status: &str) -> Result<()> {
+        self.exec(
+            "set notice status",
+            "UPDATE notices SET status = $3 WHERE org_id = $1 AND notice_id = $2",
+            &[&org_id, &notice_id, &status],
+        )
+        .map(drop)
+    }
+
+    fn insert_webhook(&mut self, w: &WebhookRow) -> Result<()> {
+        self.exec(
+            "insert webhook",
+            "INSERT INTO webhooks (org_id, webhook_id, url, secret, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&w.org_id, &w.webhook_id, &w.url, &w.secret, &micros(w.created_at)],
+        )
+        .map(drop)
+    }
+
+    fn get_webhook(&mut self, org_id: &str, webhook_id: &str) -> Result<Option<WebhookRow>> {
+        self.one(
+            "get webhook",
+            "SELECT org_id, webhook_id, url, secret, created_at FROM webhooks WHERE org_id = $1 AND webhook_id = $2",
+            &[&org_id, &webhook_id],
+            webhook_row,
+        )
+    }
+
+    fn list_webhooks(&mut self, org_id: &str) -> Result<Vec<WebhookRow>> {
+        self.many(
+            "list webhooks",
+            "SELECT org_id, webhook_id, url, secret, created_at FROM webhooks WHERE org_id = $1 \
+             ORDER BY created_at, webhook_id",
+            &[&org_id],
+            webhook_row,
+        )
+    }
+
+    fn delete_webhook(&mut self, org_id: &str, webhook_id: &str) -> Result<bool> {
+        Ok(self.exec(
+            "delete webhook",
+            "DELETE FROM webhooks WHERE org_id = $1 AND webhook_id = $2",
+            &[&org_id, &webhook_id],
+        )? == 1)
+    }
+
+    fn insert_delivery(&mut self, d: &DeliveryRow) -> Result<()> {
+        self.exec(
+            "insert delivery",
+            concat!(
+                "INSERT INTO deliveries (",
+                delivery_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ),
+            &[
+                &d.org_id,
+                &d.delivery_id,
+                &d.notice_id,
+                &d.channel,
+                &d.target,
+                &d.status,
+                &d.attempts,
+                &micros(d.next_attempt_at),
+                &d.last_error,
+                &d.sent_at.map(micros),
+                &micros(d.created_at),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn update_delivery(&mut self, d: &DeliveryRow) -> Result<()> {
+        self.exec(
+            "update delivery",
+            "UPDATE deliveries SET status = $3, attempts = $4, next_attempt_at = $5, last_error = $6, sent_at = $7 \
+             WHERE org_id = $1 AND delivery_id = $2",
+            &[
+                &d.org_id,
+                &d.delivery_id,
+                &d.status,
+                &d.attempts,
+                &micros(d.next_attempt_at),
+                &d.last_error,
+                &d.sent_at.map(micros),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn get_delivery(&mut self, org_id: &str, delivery_id: &str) -> Result<Option<DeliveryRow>> {
+        self.one(
+            "get delivery",
+            concat!("SELECT ", delivery_cols!(), " FROM deliveries WHERE org_id = $1 AND delivery_id = $2"),
+            &[&org_id, &delivery_id],
+            delivery_row,
+        )
+    }
+
+    fn list_deliveries(&mut self, org_id: &str) -> Result<Vec<DeliveryRow>> {
+        self.many(
+            "list deliveries",
+            concat!("SELECT ", delivery_cols!(), " FROM deliveries WHERE org_id = $1 ORDER BY created_at, delivery_id"),
+            &[&org_id],
+            delivery_row,
+        )
+    }
+
+    fn due_deliveries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
+        self.many(
+            "due deliveries",
+            "SELECT org_id, delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at LIMIT $2",
+            &[&micros(now), &(limit as i64)],
+            pair,
+        )
+    }
+
+    fn count_failed_deliveries_all(&mut self) -> Result<i64> {
+        self.count("count failed deliveries", "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'", &[])
     }
 
     fn put_rate_deck(&mut self, d: &RateDeckRow) -> Result<()> {

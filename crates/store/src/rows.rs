@@ -12,6 +12,8 @@ pub struct OrgRow {
     pub low_balance_minor: Option<i64>,
     pub suspended: bool,
     pub created_at: Timestamp,
+    /// Notice kinds the organization turned off.
+    pub disabled_notices: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,5 +284,33 @@ pub struct IdempotencyRow {
     pub fingerprint: String,
     pub status: i64,
     pub body: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRow {
+    pub org_id: String,
+    pub webhook_id: String,
+    pub url: String,
+    /// The HMAC key bodies are signed with (kept: the server signs every delivery).
+    pub secret: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub org_id: String,
+    pub delivery_id: String,
+    pub notice_id: String,
+    /// `email` or `webhook`.
+    pub channel: String,
+    /// Recipients (newline-separated) for e-mail, the webhook id for webhooks.
+    pub target: String,
+    /// `pending`, `sent` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
+    pub sent_at: Option<Timestamp>,
     pub created_at: Timestamp,
 }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_keys_idempotency.sql")),
+    (3, include_str!("../migrations/sqlite/0003_delivery.sql")),
 ];
 
 pub struct SqliteStore {
@@ -186,7 +187,8 @@ impl SqliteTx<'_> {
     }
 }
 
-const ORG_COLS: &str = "org_id, name, currency, country, notification_emails, low_balance_minor, suspended, created_at";
+const ORG_COLS: &str =
+    "org_id, name, currency, country, notification_emails, low_balance_minor, suspended, created_at, disabled_notices";
 fn org_row(r: &Row) -> rusqlite::Result<OrgRow> {
     let emails: String = r.get(4)?;
     Ok(OrgRow {
@@ -198,6 +200,48 @@ fn org_row(r: &Row) -> rusqlite::Result<OrgRow> {
         low_balance_minor: r.get(5)?,
         suspended: r.get(6)?,
         created_at: ts(r.get(7)?),
+        disabled_notices: r.get::<_, String>(8)?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+    })
+}
+
+const DELIVERY_COLS: &str = "org_id, delivery_id, notice_id, channel, target, status, attempts, next_attempt_at, last_error, sent_at, created_at";
+fn delivery_row(r: &Row) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        org_id: r.get(0)?,
+        delivery_id: r.get(1)?,
+        notice_id: r.get(2)?,
+        channel: r.get(3)?,
+        target: r.get(4)?,
+        status: r.get(5)?,
+        attempts: r.get(6)?,
+        next_attempt_at: ts(r.get(7)?),
+        last_error: r.get(8)?,
+        sent_at: r.get::<_, Option<i64>>(9)?.map(ts),
+        created_at: ts(r.get(10)?),
+    })
+}
+
+fn webhook_row(r: &Row) -> rusqlite::Result<WebhookRow> {
+    Ok(WebhookRow {
+        org_id: r.get(0)?,
+        webhook_id: r.get(1)?,
+        url: r.get(2)?,
+        secret: r.get(3)?,
+        created_at: ts(r.get(4)?),
+    })
+}
+
+fn notice_row(r: &Row) -> rusqlite::Result<NoticeRow> {
+    Ok(NoticeRow {
+        seq: r.get(0)?,
+        org_id: r.get(1)?,
+        notice_id: r.get(2)?,
+        kind: r.get(3)?,
+        created_at: ts(r.get(4)?),
+        subject: r.get(5)?,
+        body: r.get(6)?,
+        data: r.get(7)?,
+        status: r.get(8)?,
     })
 }
 
@@ -424,7 +468,7 @@ impl Tx for SqliteTx<'_> {
     fn insert_org(&mut self, o: &OrgRow) -> Result<()> {
         self.exec(
             "insert org",
-            &format!("INSERT INTO orgs ({ORG_COLS}) VALUES ({})", placeholders(8)),
+            &format!("INSERT INTO orgs ({ORG_COLS}) VALUES ({})", placeholders(9)),
             params![
                 o.org_id,
                 o.name,
@@ -433,7 +477,8 @@ impl Tx for SqliteTx<'_> {
                 o.notification_emails.join("\n"),
                 o.low_balance_minor,
                 o.suspended,
-                micros(o.created_at)
+                micros(o.created_at),
+                o.disabled_notices.join("\n")
             ],
         )
         .map(drop)
@@ -450,8 +495,8 @@ impl Tx for SqliteTx<'_> {
     fn update_org(&mut self, o: &OrgRow) -> Result<()> {
         self.exec(
             "update org",
-            "UPDATE orgs SET name = ?2, notification_emails = ?3, low_balance_minor = ?4, suspended = ?5 WHERE org_id = ?1",
-            params![o.org_id, o.name, o.notification_emails.join("\n"), o.low_balance_minor, o.suspended],
+            "UPDATE orgs SET name = ?2, notification_emails = ?3, low_balance_minor = ?4, suspended = ?5, disabled_notices = ?6 WHERE org_id = ?1",
+            params![o.org_id, o.name, o.notification_emails.join("\n"), o.low_balance_minor, o.suspended, o.disabled_notices.join("\n")],
         )
         .map(drop)
     }
@@ -1168,6 +1213,124 @@ impl Tx for SqliteTx<'_> {
     fn count_pending_notices_all(&mut self) -> Result<i64> {
         Ok(self
             .one("count pending notices", "SELECT COUNT(*) FROM notices WHERE status = 'pending'", [], |r| r.get(0))?
+            .unwrap_or(0))
+    }
+
+    fn get_notice(&mut self, org_id: &str, notice_id: &str) -> Result<Option<NoticeRow>> {
+        self.one(
+            "get notice",
+            "SELECT seq, org_id, notice_id, kind, created_at, subject, body, data, status FROM notices WHERE org_id = ?1 AND notice_id = ?2",
+            [org_id, notice_id],
+            notice_row,
+        )
+    }
+
+    fn set_notice_status(&mut self, org_id: &str, notice_id: &str, status: &str) -> Result<()> {
+        self.exec(
+            "set notice status",
+            "UPDATE notices SET status = ?3 WHERE org_id = ?1 AND notice_id = ?2",
+            [org_id, notice_id, status],
+        )
+        .map(drop)
+    }
+
+    fn insert_webhook(&mut self, w: &WebhookRow) -> Result<()> {
+        self.exec(
+            "insert webhook",
+            "INSERT INTO webhooks (org_id, webhook_id, url, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![w.org_id, w.webhook_id, w.url, w.secret, micros(w.created_at)],
+        )
+        .map(drop)
+    }
+
+    fn get_webhook(&mut self, org_id: &str, webhook_id: &str) -> Result<Option<WebhookRow>> {
+        self.one(
+            "get webhook",
+            "SELECT org_id, webhook_id, url, secret, created_at FROM webhooks WHERE org_id = ?1 AND webhook_id = ?2",
+            [org_id, webhook_id],
+            webhook_row,
+        )
+    }
+
+    fn list_webhooks(&mut self, org_id: &str) -> Result<Vec<WebhookRow>> {
+        self.many(
+            "list webhooks",
+            "SELECT org_id, webhook_id, url, secret, created_at FROM webhooks WHERE org_id = ?1 ORDER BY created_at, webhook_id",
+            [org_id],
+            webhook_row,
+        )
+    }
+
+    fn delete_webhook(&mut self, org_id: &str, webhook_id: &str) -> Result<bool> {
+        Ok(self.exec(
+            "delete webhook",
+            "DELETE FROM webhooks WHERE org_id = ?1 AND webhook_id = ?2",
+            [org_id, webhook_id],
+        )? == 1)
+    }
+
+    fn insert_delivery(&mut self, d: &DeliveryRow) -> Result<()> {
+        self.exec(
+            "insert delivery",
+            &format!("INSERT INTO deliveries ({DELIVERY_COLS}) VALUES ({})", placeholders(11)),
+            params![
+                d.org_id,
+                d.delivery_id,
+                d.notice_id,
+                d.channel,
+                d.target,
+                d.status,
+                d.attempts,
+                micros(d.next_attempt_at),
+                d.last_error,
+                d.sent_at.map(micros),
+                micros(d.created_at)
+            ],
+        )
+        .map(drop)
+    }
+
+    fn update_delivery(&mut self, d: &DeliveryRow) -> Result<()> {
+        self.exec(
+            "update delivery",
+            "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_at = ?5, last_error = ?6, sent_at = ?7 WHERE org_id = ?1 AND delivery_id = ?2",
+            params![d.org_id, d.delivery_id, d.status, d.attempts, micros(d.next_attempt_at), d.last_error, d.sent_at.map(micros)],
+        )
+        .map(drop)
+    }
+
+    fn get_delivery(&mut self, org_id: &str, delivery_id: &str) -> Result<Option<DeliveryRow>> {
+        self.one(
+            "get delivery",
+            &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE org_id = ?1 AND delivery_id = ?2"),
+            [org_id, delivery_id],
+            delivery_row,
+        )
+    }
+
+    fn list_deliveries(&mut self, org_id: &str) -> Result<Vec<DeliveryRow>> {
+        self.many(
+            "list deliveries",
+            &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE org_id = ?1 ORDER BY created_at, delivery_id"),
+            [org_id],
+            delivery_row,
+        )
+    }
+
+    fn due_deliveries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
+        self.many(
+            "due deliveries",
+            "SELECT org_id, delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+            params![micros(now), limit as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    fn count_failed_deliveries_all(&mut self) -> Result<i64> {
+        Ok(self
+            .one("count failed deliveries", "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'", [], |r| {
+                r.get(0)
+            })?
             .unwrap_or(0))
     }
 

@@ -25,6 +25,7 @@ fn committed_writes_survive_reopening_and_migrations_are_idempotent() {
                 low_balance_minor: None,
                 suspended: false,
                 created_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+                disabled_notices: vec![],
             })
         })
         .unwrap();
