@@ -27,6 +27,22 @@ struct Cli {
     /// Print the API's JSON objects instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// SMTP server for notices: smtp://HOST:PORT, smtp://HOST:PORT?tls=required
+    /// (STARTTLS), smtps://USER:PASS@HOST (implicit TLS). Without it notices are kept
+    /// and shown, not e-mailed.
+    #[arg(long, global = true, env = "COMMCREDITS_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender of notice e-mails.
+    #[arg(
+        long,
+        global = true,
+        env = "COMMCREDITS_MAIL_FROM",
+        default_value = "commcredits <noreply@commcredits.invalid>"
+    )]
+    mail_from: String,
+    /// Base URL of the admin pages, linked from e-mails.
+    #[arg(long, global = true, env = "COMMCREDITS_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    public_url: String,
     /// Act as if the time were this RFC 3339 instant (for replaying and testing).
     #[arg(long, global = true, env = "COMMCREDITS_NOW", hide = true)]
     now: Option<String>,
@@ -104,6 +120,14 @@ enum Verb {
         #[arg(long)]
         org: String,
     },
+    /// Deliveries of notices (e-mail, webhooks): status, attempts, last error.
+    Deliveries {
+        #[arg(long)]
+        org: String,
+    },
+    /// Webhook endpoints that receive notices, signed with HMAC-SHA256.
+    #[command(subcommand)]
+    Webhook(WebhookVerb),
     /// Calls that were refused, with the reason.
     Blocked {
         #[arg(long)]
@@ -141,6 +165,34 @@ enum Verb {
     Keys(KeysVerb),
     /// Seed a demo organization and run a month of traffic through the engine.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum WebhookVerb {
+    /// Add an endpoint; prints its signing secret once.
+    Add {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        url: String,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    Delete {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Send a signed test event now.
+    Test {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +251,9 @@ enum OrgVerb {
         low_balance: Option<String>,
         #[arg(long)]
         suspended: Option<bool>,
+        /// Notice kinds to turn off, comma-separated (`none` turns every kind on).
+        #[arg(long)]
+        notices_off: Option<String>,
     },
 }
 
@@ -509,12 +564,25 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             }
             OrgVerb::Show { org: o } => out.org(&e.org_view(&org(&o)?)?),
             OrgVerb::List => out.orgs(&e.orgs()?),
-            OrgVerb::Set { org: o, emails, low_balance, suspended } => {
+            OrgVerb::Set { org: o, emails, low_balance, suspended, notices_off } => {
                 let id = org(&o)?;
                 let emails = if emails.is_empty() { None } else { Some(emails) };
+                let disabled_notices = notices_off.map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty() && *k != "none")
+                        .map(str::to_string)
+                        .collect()
+                });
                 e.apply_one(
                     now,
-                    Command::UpdateOrg { org: id.clone(), emails, low_balance: none_or(low_balance), suspended },
+                    Command::UpdateOrg {
+                        org: id.clone(),
+                        emails,
+                        low_balance: none_or(low_balance),
+                        suspended,
+                        disabled_notices,
+                    },
                 )?;
                 out.org(&e.org_view(&id)?);
             }
@@ -741,7 +809,28 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
             }
         }
-        Verb::Jobs(JobsVerb::Run) => out.jobs(&e.run_jobs(now)?),
+        Verb::Jobs(JobsVerb::Run) => {
+            let jobs = e.run_jobs(now)?;
+            let sent = e.deliver_due(now, &delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url)?)?;
+            out.jobs(&jobs, &sent);
+        }
+        Verb::Deliveries { org: o } => out.deliveries(&e.deliveries(&org(&o)?)?),
+        Verb::Webhook(v) => match v {
+            WebhookVerb::Add { org: o, url } => match e.apply_one(now, Command::AddWebhook { org: org(&o)?, url })? {
+                Outcome::Webhook(w) => out.new_webhook(&w),
+                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+            },
+            WebhookVerb::List { org: o } => out.webhooks(&e.webhooks(&org(&o)?)?),
+            WebhookVerb::Delete { org: o, id } => {
+                let oid = org(&o)?;
+                e.apply_one(now, Command::DeleteWebhook { org: oid.clone(), webhook_id: id })?;
+                out.webhooks(&e.webhooks(&oid)?);
+            }
+            WebhookVerb::Test { org: o, id } => {
+                e.test_webhook(&org(&o)?, &id, &commcredits_engine::delivery::HttpWebhooks::default(), now)?;
+                out.done("the endpoint accepted the signed test event");
+            }
+        },
         Verb::Keys(v) => match v {
             KeysVerb::Create { org: o, role, name } => {
                 let oid = o.map(|o| org(&o)).transpose()?;
@@ -777,6 +866,19 @@ fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -
         None => None,
     };
     number.ok_or_else(|| Error::new(ErrorCode::InvalidInput, "give --from: the user has no phone number of their own"))
+}
+
+/// The delivery channels configured on the command line.
+fn delivery(
+    smtp_url: &Option<String>,
+    mail_from: &str,
+    public_url: &str,
+) -> Result<commcredits_engine::delivery::Delivery> {
+    let mailer: Option<std::sync::Arc<dyn commcredits_engine::delivery::Mailer>> = match smtp_url {
+        Some(url) => Some(std::sync::Arc::new(commcredits_engine::delivery::SmtpMailer::new(url, mail_from)?)),
+        None => None,
+    };
+    Ok(commcredits_engine::delivery::Delivery::new(mailer, public_url))
 }
 
 fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, grace_seconds: i64, now: Timestamp) -> Result<ExitCode> {

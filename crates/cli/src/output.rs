@@ -464,8 +464,10 @@ impl Out {
         println!("{kind} deck for {currency} replaced: {n} rates");
     }
 
-    pub fn jobs(&self, r: &JobReport) {
-        if self.json(r) {
+    pub fn jobs(&self, r: &JobReport, d: &commcredits_engine::delivery::DeliveryReport) {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        v["deliveries"] = serde_json::to_value(d).unwrap_or_default();
+        if self.json(&v) {
             return;
         }
         println!("reservations expired   {}", r.reservations_expired);
@@ -473,6 +475,7 @@ impl Out {
         println!("expiring-funds notices {}", r.expiring_notices);
         println!("pools opened           {}", r.pools_opened);
         println!("pending orders charged {}", r.orders_charged);
+        println!("notices delivered      {} ({} to retry, {} failed)", d.sent, d.retrying, d.failed);
     }
 
     pub fn new_key(&self, k: &commcredits_engine::keys::NewKey) {
@@ -498,6 +501,54 @@ impl Out {
             v.iter()
                 .map(|k| vec![k.id.clone(), k.role.clone(), k.name.clone(), k.created_at.clone(), opt(&k.revoked_at)])
                 .collect(),
+        );
+    }
+
+    pub fn done(&self, what: &str) {
+        if self.json(&serde_json::json!({"ok": true, "message": what})) {
+            return;
+        }
+        println!("{what}");
+    }
+
+    pub fn deliveries(&self, v: &[DeliveryView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["NOTICE", "CHANNEL", "STATUS", "ATTEMPTS", "SENT", "LAST ERROR"],
+            v.iter()
+                .map(|d| {
+                    vec![
+                        d.notice_id.clone(),
+                        d.channel.clone(),
+                        d.status.clone(),
+                        d.attempts.to_string(),
+                        opt(&d.sent_at),
+                        opt(&d.last_error),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn new_webhook(&self, w: &NewWebhook) {
+        if self.json(w) {
+            return;
+        }
+        println!("webhook {} -> {}", w.webhook.id, w.webhook.url);
+        println!("signing secret: {}", w.secret);
+        println!("Store it now: it is shown only once. Bodies are signed in the Commcredits-Signature header:");
+        println!("t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with this secret>.");
+    }
+
+    pub fn webhooks(&self, v: &[WebhookView]) {
+        if self.json(v) {
+            return;
+        }
+        table(
+            &["ID", "URL", "CREATED"],
+            v.iter().map(|w| vec![w.id.clone(), w.url.clone(), w.created_at.clone()]).collect(),
         );
     }
 

@@ -45,6 +45,7 @@ pub enum ErrorCode {
     Overloaded,
     MethodNotAllowed,
     IdempotencyKeyInUse,
+    WebhookFailed,
     StoreError,
     Internal,
 }
@@ -89,6 +90,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::MethodNotAllowed,
         ErrorCode::IdempotencyKeyInUse,
+        ErrorCode::WebhookFailed,
         ErrorCode::StoreError,
         ErrorCode::Internal,
     ];
@@ -134,6 +136,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
+            ErrorCode::WebhookFailed => "webhook_failed",
             ErrorCode::StoreError => "store_error",
             ErrorCode::Internal => "internal_error",
         }
@@ -155,6 +158,7 @@ impl ErrorCode {
             RateLimited => 429,
             Overloaded => 503,
             MethodNotAllowed => 405,
+            WebhookFailed => 502,
             StoreError | Internal => 500,
             _ => 422,
         }

@@ -87,8 +87,24 @@ pub(crate) fn update_org(
     emails: Option<&[String]>,
     low_balance: Option<&Option<String>>,
     suspended: Option<bool>,
+    disabled_notices: Option<&[String]>,
 ) -> Result<Outcome> {
     let mut o = org(tx, org_id)?;
+    if let Some(kinds) = disabled_notices {
+        for k in kinds {
+            if !crate::notices::KINDS.contains(&k.as_str()) {
+                return Err(err!(
+                    ErrorCode::InvalidInput,
+                    "unknown notice kind '{k}' (known: {})",
+                    crate::notices::KINDS.join(", ")
+                ));
+            }
+        }
+        let mut kinds = kinds.to_vec();
+        kinds.sort();
+        kinds.dedup();
+        o.disabled_notices = kinds;
+    }
     if let Some(emails) = emails {
         o.notification_emails = emails.iter().map(|e| parse_email(e)).collect::<Result<Vec<_>>>()?;
     }
@@ -426,4 +442,31 @@ mod tests {
             assert_eq!(parse_email(bad).unwrap_err().code, ErrorCode::InvalidEmail, "{bad}");
         }
     }
+}
+
+pub(crate) fn add_webhook(tx: &mut dyn Tx, org_id: &str, url: &str, now: Timestamp) -> Result<Outcome> {
+    org(tx, org_id)?;
+    let url = url.trim();
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2000
+        && !url.contains(char::is_whitespace);
+    if !ok {
+        return Err(err!(ErrorCode::InvalidInput, "a webhook URL is http:// or https:// and at most 2000 characters"));
+    }
+    if tx.list_webhooks(org_id)?.len() >= 20 {
+        return Err(err!(ErrorCode::InvalidInput, "at most 20 webhooks per organization"));
+    }
+    let bytes: [u8; 32] = rand::random();
+    let row = commcredits_store::WebhookRow {
+        org_id: org_id.into(),
+        webhook_id: new_id(),
+        url: url.into(),
+        secret: format!("whsec_{}", hex::encode(bytes)),
+        created_at: now,
+    };
+    tx.insert_webhook(&row)?;
+    Ok(Outcome::Webhook(crate::views::NewWebhook {
+        webhook: crate::views::WebhookView::from(&row),
+        secret: row.secret.clone(),
+    }))
 }

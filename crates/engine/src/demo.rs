@@ -155,7 +155,13 @@ pub fn run(engine: &Engine, now: Timestamp) -> Result<DemoReport> {
     )?)?;
     one(
         start,
-        Command::UpdateOrg { org: org.clone(), emails: None, low_balance: Some(Some("30.00".into())), suspended: None },
+        Command::UpdateOrg {
+            org: org.clone(),
+            emails: None,
+            low_balance: Some(Some("30.00".into())),
+            suspended: None,
+            disabled_notices: None,
+        },
     )?;
     for (sku, q) in [
         ("phone_system", 40),

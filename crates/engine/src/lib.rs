@@ -8,6 +8,7 @@ pub mod books;
 pub mod builtin;
 pub mod calls;
 pub mod cdr;
+pub mod delivery;
 pub mod demo;
 pub mod invariants;
 pub mod jobs;
@@ -69,6 +70,8 @@ pub enum Command {
         emails: Option<Vec<String>>,
         low_balance: Option<Option<String>>,
         suspended: Option<bool>,
+        /// Notice kinds to turn off (the full list; others are on).
+        disabled_notices: Option<Vec<String>>,
     },
     CreateUser {
         org: String,
@@ -165,6 +168,26 @@ pub enum Command {
     OpenPools {
         org: String,
     },
+    AddWebhook {
+        org: String,
+        url: String,
+    },
+    DeleteWebhook {
+        org: String,
+        webhook_id: String,
+    },
+    ClaimDelivery {
+        org: String,
+        delivery_id: String,
+        lease: std::time::Duration,
+    },
+    RecordDelivery {
+        org: String,
+        delivery_id: String,
+        error: Option<String>,
+        retry_in: std::time::Duration,
+        max_attempts: i64,
+    },
     CreateKey {
         org: Option<String>,
         role: String,
@@ -223,6 +246,10 @@ pub enum Outcome {
     User(views::UserView),
     /// The credits account as the change left it.
     Credits(views::CreditsView),
+    /// A claimed delivery, ready to send.
+    Delivery(Box<delivery::DeliveryJob>),
+    /// A new webhook, with its signing secret (shown once).
+    Webhook(views::NewWebhook),
     /// A new API key, with its secret (shown once).
     Key(keys::NewKey),
     /// The stored first answer to an idempotent request.
@@ -384,9 +411,15 @@ impl Engine {
             Command::CreateOrg { name, currency, country, emails } => {
                 admin::create_org(self, tx, name, currency, country, emails, now)
             }
-            Command::UpdateOrg { org, emails, low_balance, suspended } => {
-                admin::update_org(self, tx, org, emails.as_deref(), low_balance.as_ref(), *suspended)
-            }
+            Command::UpdateOrg { org, emails, low_balance, suspended, disabled_notices } => admin::update_org(
+                self,
+                tx,
+                org,
+                emails.as_deref(),
+                low_balance.as_ref(),
+                *suspended,
+                disabled_notices.as_deref(),
+            ),
             Command::CreateUser { org, upn, display_name, usage_location, phone_number } => {
                 admin::create_user(self, tx, org, upn, display_name, usage_location, phone_number.as_deref(), now)
             }
@@ -440,6 +473,19 @@ impl Engine {
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
             Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now, fx),
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
+            Command::AddWebhook { org, url } => admin::add_webhook(tx, org, url, now),
+            Command::DeleteWebhook { org, webhook_id } => {
+                crate::org(tx, org)?;
+                if tx.delete_webhook(org, webhook_id)? {
+                    Ok(Outcome::Done)
+                } else {
+                    Err(err!(ErrorCode::NotFound, "no webhook '{webhook_id}'"))
+                }
+            }
+            Command::ClaimDelivery { org, delivery_id, lease } => delivery::claim(tx, org, delivery_id, now, *lease),
+            Command::RecordDelivery { org, delivery_id, error, retry_in, max_attempts } => {
+                delivery::record(tx, org, delivery_id, error.as_deref(), *retry_in, *max_attempts, now)
+            }
             Command::CreateKey { org, role, name } => keys::create(tx, org.as_deref(), role, name, now),
             Command::RevokeKey { org, key_id } => keys::revoke(tx, org.as_deref(), key_id, now),
             Command::ClaimAnswer { org, key, fingerprint } => {

@@ -13,6 +13,10 @@ pub const POOL_THRESHOLD: &str = "pool_threshold";
 pub const LOW_BALANCE: &str = "low_balance";
 pub const FUNDS_EXPIRING: &str = "funds_expiring";
 
+/// Every kind of notice, for settings that turn some off.
+pub const KINDS: [&str; 6] =
+    [RECHARGE_SUCCEEDED, RECHARGE_FAILED, BALANCE_EXHAUSTED, POOL_THRESHOLD, LOW_BALANCE, FUNDS_EXPIRING];
+
 pub(crate) fn write(
     tx: &mut dyn Tx,
     org_id: &str,
@@ -22,7 +26,7 @@ pub(crate) fn write(
     body: String,
     data: serde_json::Value,
 ) -> Result<()> {
-    tx.insert_notice(&NoticeRow {
+    let notice = NoticeRow {
         seq: 0,
         org_id: org_id.into(),
         notice_id: new_id(),
@@ -32,5 +36,7 @@ pub(crate) fn write(
         body,
         data: data.to_string(),
         status: "pending".into(),
-    })
+    };
+    tx.insert_notice(&notice)?;
+    crate::delivery::enqueue(tx, &notice, now)
 }

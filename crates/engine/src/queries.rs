@@ -110,6 +110,36 @@ impl Engine {
         })
     }
 
+    pub fn deliveries(&self, org_id: &str) -> Result<Vec<DeliveryView>> {
+        self.read(|tx| {
+            org(tx, org_id)?;
+            Ok(tx.list_deliveries(org_id)?.iter().map(DeliveryView::from).collect())
+        })
+    }
+
+    pub fn webhooks(&self, org_id: &str) -> Result<Vec<WebhookView>> {
+        self.read(|tx| {
+            org(tx, org_id)?;
+            Ok(tx.list_webhooks(org_id)?.iter().map(WebhookView::from).collect())
+        })
+    }
+
+    pub fn notification_settings(&self, org_id: &str) -> Result<NotificationSettingsView> {
+        self.read(|tx| {
+            let o = org(tx, org_id)?;
+            Ok(NotificationSettingsView {
+                notification_emails: o.notification_emails.clone(),
+                low_balance_level: o.low_balance_minor,
+                currency: o.currency.clone(),
+                enabled_notices: crate::notices::KINDS
+                    .iter()
+                    .filter(|k| !o.disabled_notices.iter().any(|d| d == *k))
+                    .map(|k| k.to_string())
+                    .collect(),
+            })
+        })
+    }
+
     pub fn denials(&self, org_id: &str) -> Result<Vec<DenialView>> {
         self.read(|tx| {
             org(tx, org_id)?;

@@ -408,6 +408,70 @@ impl From<&DenialRow> for DenialView {
     }
 }
 
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub created_at: String,
+}
+
+impl From<&WebhookRow> for WebhookView {
+    fn from(w: &WebhookRow) -> Self {
+        WebhookView { id: w.webhook_id.clone(), url: w.url.clone(), created_at: iso(w.created_at) }
+    }
+}
+
+/// A new webhook: the only time its signing secret is shown.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct NewWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct DeliveryView {
+    pub id: String,
+    pub notice_id: String,
+    /// email or webhook.
+    pub channel: String,
+    /// Recipients, or the webhook id.
+    pub target: Vec<String>,
+    /// pending, sent or failed.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub sent_at: Option<String>,
+}
+
+impl From<&DeliveryRow> for DeliveryView {
+    fn from(d: &DeliveryRow) -> Self {
+        DeliveryView {
+            id: d.delivery_id.clone(),
+            notice_id: d.notice_id.clone(),
+            channel: d.channel.clone(),
+            target: d.target.lines().map(str::to_string).collect(),
+            status: d.status.clone(),
+            attempts: d.attempts,
+            next_attempt_at: (d.status == "pending").then(|| iso(d.next_attempt_at)),
+            last_error: d.last_error.clone(),
+            sent_at: d.sent_at.map(iso),
+        }
+    }
+}
+
+/// Notification settings of an organization.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct NotificationSettingsView {
+    pub notification_emails: Vec<String>,
+    /// Minor units; null when no low-balance warning is set.
+    pub low_balance_level: Option<i64>,
+    pub currency: String,
+    /// Kinds on; the others are off.
+    pub enabled_notices: Vec<String>,
+}
+
 /// An RFC 9457 problem document for an error, with its stable `code`.
 pub fn problem(e: &commcredits_core::Error) -> serde_json::Value {
     serde_json::json!({
@@ -437,6 +501,8 @@ pub fn respond(result: &commcredits_core::Result<crate::Outcome>) -> (u16, serde
         Ok(Outcome::Duplicate { call_id }) => (200, serde_json::json!({ "call_id": call_id, "duplicate": true })),
         Ok(Outcome::Count(n)) => (200, serde_json::json!({ "count": n })),
         Ok(Outcome::Key(k)) => (201, json(k)),
+        Ok(Outcome::Webhook(w)) => (201, json(w)),
+        Ok(Outcome::Delivery(_)) => (200, serde_json::json!({})),
         Ok(Outcome::User(v)) => (200, json(v)),
         Ok(Outcome::Credits(v)) => (200, json(v)),
         Ok(Outcome::Replayed { status, body }) => (*status, body.clone()),

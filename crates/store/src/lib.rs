@@ -143,8 +143,9 @@ pub trait Tx {
     fn get_delivery(&mut self, org_id: &str, delivery_id: &str) -> Result<Option<DeliveryRow>>;
     /// Deliveries of an organization, oldest first.
     fn list_deliveries(&mut self, org_id: &str) -> Result<Vec<DeliveryRow>>;
-    /// Pending deliveries whose next attempt is due, oldest due first.
-    fn due_deliveries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>>;
+    /// Pending deliveries whose next attempt is due, oldest due first; of one channel
+    /// only when `channel` is given.
+    fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>>;
     fn count_failed_deliveries_all(&mut self) -> Result<i64>;
 
     // -- platform-wide gauges (metrics) --

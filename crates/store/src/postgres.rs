@@ -1980,12 +1980,12 @@ impl Tx for PgTx<'_> {
         )
     }
 
-    fn due_deliveries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
+    fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>> {
         self.many(
             "due deliveries",
             "SELECT org_id, delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at LIMIT $2",
-            &[&micros(now), &(limit as i64)],
+             AND ($3::TEXT IS NULL OR channel = $3) ORDER BY next_attempt_at LIMIT $2",
+            &[&micros(now), &(limit as i64), &channel],
             pair,
         )
     }

@@ -1317,11 +1317,12 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn due_deliveries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
+    fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>> {
         self.many(
             "due deliveries",
-            "SELECT org_id, delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
-            params![micros(now), limit as i64],
+            "SELECT org_id, delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
+             AND (?3 IS NULL OR channel = ?3) ORDER BY next_attempt_at LIMIT ?2",
+            params![micros(now), limit as i64, channel],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
