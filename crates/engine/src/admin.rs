@@ -431,19 +431,6 @@ pub(crate) fn add_agreement(tx: &mut dyn Tx, org_id: &str, agreement: &str, now:
     Ok(Outcome::Created { id })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails() {
-        assert_eq!(parse_email(" Ada@Example.com ").unwrap(), "ada@example.com");
-        for bad in ["ada", "ada@", "@x.com", "a b@x.com", "a@x", "a@.com", "a@x.com."] {
-            assert_eq!(parse_email(bad).unwrap_err().code, ErrorCode::InvalidEmail, "{bad}");
-        }
-    }
-}
-
 pub(crate) fn add_webhook(tx: &mut dyn Tx, org_id: &str, url: &str, now: Timestamp) -> Result<Outcome> {
     org(tx, org_id)?;
     let url = url.trim();
@@ -469,4 +456,17 @@ pub(crate) fn add_webhook(tx: &mut dyn Tx, org_id: &str, url: &str, now: Timesta
         webhook: crate::views::WebhookView::from(&row),
         secret: row.secret.clone(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(parse_email(" Ada@Example.com ").unwrap(), "ada@example.com");
+        for bad in ["ada", "ada@", "@x.com", "a b@x.com", "a@x", "a@.com", "a@x.com."] {
+            assert_eq!(parse_email(bad).unwrap_err().code, ErrorCode::InvalidEmail, "{bad}");
+        }
+    }
 }

@@ -196,7 +196,7 @@ pub struct DeliveryJob {
 /// Enqueues the deliveries of a new notice (same transaction as the notice).
 pub(crate) fn enqueue(tx: &mut dyn Tx, notice: &NoticeRow, now: Timestamp) -> Result<()> {
     let Some(org) = tx.get_org(&notice.org_id)? else { return Ok(()) };
-    if org.disabled_notices.iter().any(|k| *k == notice.kind) {
+    if org.disabled_notices.contains(&notice.kind) {
         return Ok(());
     }
     let mut targets: Vec<(&str, String)> = Vec::new();
