@@ -544,7 +544,8 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         None => Timestamp::now(),
     };
     if let Verb::Serve { listen, demo, jobs_every, reservation_grace } = &cli.command {
-        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, now);
+        let channels = delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url)?;
+        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, channels, now);
     }
     if matches!(cli.command, Verb::Demo) {
         let engine = Engine::open(&cli.db)?;
@@ -881,7 +882,15 @@ fn delivery(
     Ok(commcredits_engine::delivery::Delivery::new(mailer, public_url))
 }
 
-fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, grace_seconds: i64, now: Timestamp) -> Result<ExitCode> {
+fn serve(
+    db: &str,
+    listen: &str,
+    demo: bool,
+    jobs_every: u64,
+    grace_seconds: i64,
+    channels: commcredits_engine::delivery::Delivery,
+    now: Timestamp,
+) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -935,7 +944,12 @@ fn serve(db: &str, listen: &str, demo: bool, jobs_every: u64, grace_seconds: i64
     }
     println!("Listening on http://{addr} (API under /v1, OpenAPI at /openapi.json)");
     runtime
-        .block_on(commcredits_server::serve(engine, listener, std::time::Duration::from_secs(jobs_every.max(1))))
+        .block_on(commcredits_server::serve(
+            engine,
+            listener,
+            std::time::Duration::from_secs(jobs_every.max(1)),
+            channels,
+        ))
         .map_err(|e| err!(ErrorCode::Internal, "server failed: {e}"))?;
     eprintln!("Stopped.");
     Ok(ExitCode::SUCCESS)

@@ -90,6 +90,8 @@ pub enum Need {
     Licenses,
     /// admin, or a call_control key (bulk CDR import).
     AdminOrCallControl,
+    /// admin only: integrations such as webhooks.
+    Admin,
 }
 
 /// Checks a caller may act on `org_id`. A key of another organization gets 404, as
@@ -114,7 +116,7 @@ pub fn check_org(p: &Principal, org_id: &str, need: Need) -> Result<(), ApiError
                 Need::Read => true,
                 Need::Billing => matches!(role, Role::Admin | Role::BillingAdmin),
                 Need::Licenses => matches!(role, Role::Admin | Role::LicenseAdmin),
-                Need::AdminOrCallControl => role == Role::Admin,
+                Need::AdminOrCallControl | Need::Admin => role == Role::Admin,
             };
             if ok {
                 Ok(())

@@ -30,6 +30,8 @@ pub const MAX_CSV_BODY: usize = 64 * 1024 * 1024;
 
 pub struct App {
     pub engine: Arc<Engine>,
+    /// Where notices go (the webhook sender also serves `webhooks/{id}/test`).
+    pub delivery: commcredits_engine::delivery::Delivery,
     pub calls: writer::CallWriter,
     pub failures: auth::FailureLimiter,
     pub metrics: PrometheusHandle,
@@ -93,6 +95,11 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::get_ledger))
         .routes(routes!(routes::list_orders))
         .routes(routes!(routes::list_notifications))
+        .routes(routes!(routes::get_notification_settings, routes::put_notification_settings))
+        .routes(routes!(routes::add_webhook, routes::list_webhooks))
+        .routes(routes!(routes::delete_webhook))
+        .routes(routes!(routes::test_webhook))
+        .routes(routes!(routes::list_deliveries))
         .routes(routes!(routes::authorize))
         .routes(routes!(routes::update))
         .routes(routes!(routes::end))
@@ -139,12 +146,15 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let engine = app.engine.clone();
     let gauges = tokio::task::spawn_blocking(move || {
-        engine.read(|tx| Ok((tx.count_open_reservations_all()?, tx.count_pending_notices_all()?)))
+        engine.read(|tx| {
+            Ok((tx.count_open_reservations_all()?, tx.count_pending_notices_all()?, tx.count_failed_deliveries_all()?))
+        })
     })
     .await;
-    if let Ok(Ok((open, pending))) = gauges {
+    if let Ok(Ok((open, pending, failed))) = gauges {
         metrics::gauge!("commcredits_reservations_open").set(open as f64);
         metrics::gauge!("commcredits_notices_pending").set(pending as f64);
+        metrics::gauge!("commcredits_deliveries_failed").set(failed as f64);
     }
     let mut r = app.metrics.render().into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -167,13 +177,45 @@ async fn track(req: Request, next: Next) -> Response {
 
 impl App {
     pub fn new(engine: Arc<Engine>) -> Arc<App> {
+        App::with_delivery(engine, commcredits_engine::delivery::Delivery::new(None, "http://127.0.0.1:8080"))
+    }
+
+    pub fn with_delivery(engine: Arc<Engine>, delivery: commcredits_engine::delivery::Delivery) -> Arc<App> {
         Arc::new(App {
+            delivery,
             calls: writer::CallWriter::start(engine.clone()),
             engine,
             failures: auth::FailureLimiter::default(),
             metrics: prometheus(),
         })
     }
+}
+
+/// Delivers due notices every `every` until the shutdown signal.
+pub fn spawn_delivery(
+    app: Arc<App>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let a = app.clone();
+            match tokio::task::spawn_blocking(move || a.engine.deliver_due(Timestamp::now(), &a.delivery)).await {
+                Ok(Ok(r)) => {
+                    metrics::counter!("commcredits_deliveries_sent_total").increment(r.sent as u64);
+                    metrics::counter!("commcredits_deliveries_retried_total").increment(r.retrying as u64);
+                    metrics::counter!("commcredits_deliveries_failed_total").increment(r.failed as u64);
+                }
+                Ok(Err(e)) => tracing::error!("notice delivery failed: {e}"),
+                Err(e) => tracing::error!("notice delivery panicked: {e}"),
+            }
+        }
+    })
 }
 
 /// Runs the background jobs every `every` until the shutdown signal.
@@ -209,14 +251,17 @@ pub async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
     jobs_every: Duration,
+    delivery: commcredits_engine::delivery::Delivery,
 ) -> std::io::Result<()> {
-    let app = App::new(engine.clone());
+    let app = App::with_delivery(engine.clone(), delivery);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let jobs = spawn_jobs(engine, jobs_every, stop_rx);
+    let jobs = spawn_jobs(engine, jobs_every, stop_rx.clone());
+    let sender = spawn_delivery(app.clone(), Duration::from_secs(5).min(jobs_every), stop_rx);
     let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     let _ = jobs.await;
+    let _ = sender.await;
     // Requests are finished; drain and stop the writer (commits what it holds).
     if let Ok(mut app) = Arc::try_unwrap(app) {
         app.calls.stop();

@@ -924,3 +924,172 @@ pub async fn import_rates(
     )
     .await
 }
+
+// ---------------------------------------------------------------- notices: settings, webhooks, deliveries
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/notification-settings", tag = "notices", params(("org" = String, Path)),
+    responses((status = 200, body = NotificationSettingsView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get_notification_settings(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+) -> ApiResult<Json<NotificationSettingsView>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.notification_settings(&org)).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettingsBody {
+    pub notification_emails: Option<Vec<String>>,
+    /// Minor units; null turns the low-balance warning off.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub low_balance_level: Option<Option<i64>>,
+    /// The kinds to send; the others are turned off.
+    pub enabled_notices: Option<Vec<String>>,
+}
+
+#[utoipa::path(put, path = "/v1/orgs/{org}/notification-settings", tag = "notices", params(("org" = String, Path)), request_body = NotificationSettingsBody,
+    responses((status = 200, body = NotificationSettingsView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn put_notification_settings(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Billing)?;
+    let r: NotificationSettingsBody = parse(&body)?;
+    let low_balance = match r.low_balance_level {
+        Some(Some(minor)) => Some(Some(major(&org_currency(&app, &org).await?, minor, "low_balance_level")?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let disabled_notices = match r.enabled_notices {
+        Some(on) => {
+            if let Some(bad) = on.iter().find(|k| !commcredits_engine::notices::KINDS.contains(&k.as_str())) {
+                return Err(err(ErrorCode::InvalidInput, format!("unknown notice kind '{bad}'")));
+            }
+            Some(
+                commcredits_engine::notices::KINDS
+                    .iter()
+                    .filter(|k| !on.iter().any(|o| o == *k))
+                    .map(|k| k.to_string())
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    let cmd = Command::UpdateOrg {
+        org: org.clone(),
+        emails: r.notification_emails,
+        low_balance,
+        suspended: None,
+        disabled_notices,
+    };
+    let cmd = Req { method: &method, uri: &uri, headers: &headers, body: &body }.wrap(&org, cmd)?;
+    let engine = app.engine.clone();
+    blocking(move || {
+        let result = engine.apply_one(Timestamp::now(), cmd);
+        if let Ok(Outcome::Replayed { status, body }) = &result {
+            return Ok(json_response(*status, body.clone()));
+        }
+        if result.is_err() {
+            return Ok(answer(&result));
+        }
+        Ok(Json(engine.notification_settings(&org)?).into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddWebhook {
+    pub url: String,
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks", tag = "notices", params(("org" = String, Path)), request_body = AddWebhook,
+    responses((status = 201, body = NewWebhook), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn add_webhook(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult {
+    check_org(&p, &org, Need::Admin)?;
+    let r: AddWebhook = parse(&body)?;
+    mutate(
+        &app,
+        &org,
+        Req { method: &method, uri: &uri, headers: &headers, body: &body },
+        Command::AddWebhook { org: org.clone(), url: r.url },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/webhooks", tag = "notices", params(("org" = String, Path)),
+    responses((status = 200, body = Vec<WebhookView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_webhooks(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+) -> ApiResult<Json<Vec<WebhookView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    Ok(Json(blocking(move || engine.webhooks(&org)).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/orgs/{org}/webhooks/{webhook}", tag = "notices", params(("org" = String, Path), ("webhook" = String, Path)),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn delete_webhook(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path((org, webhook)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    check_org(&p, &org, Need::Admin)?;
+    mutate(
+        &app,
+        &org,
+        Req { method: &method, uri: &uri, headers: &headers, body: &[] },
+        Command::DeleteWebhook { org: org.clone(), webhook_id: webhook },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{webhook}/test", tag = "notices", params(("org" = String, Path), ("webhook" = String, Path)),
+    responses((status = 200, body = Object), (status = 502, description = "the endpoint refused the event", body = Problem), (status = "4XX", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn test_webhook(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path((org, webhook)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    check_org(&p, &org, Need::Admin)?;
+    let engine = app.engine.clone();
+    let sender = app.delivery.webhooks.clone();
+    blocking(move || engine.test_webhook(&org, &webhook, &*sender, Timestamp::now())).await?;
+    Ok(Json(serde_json::json!({"delivered": true})))
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/deliveries", tag = "notices", params(("org" = String, Path), PageQuery),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list_deliveries(
+    State(app): AppState,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<DeliveryView>>> {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    paginate(blocking(move || engine.deliveries(&org)).await?, |d| d.id.clone(), &q)
+}

@@ -1477,6 +1477,11 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
         "/v1/orgs/{org}/credits/ledger",
         "/v1/orgs/{org}/orders",
         "/v1/orgs/{org}/notifications",
+        "/v1/orgs/{org}/notification-settings",
+        "/v1/orgs/{org}/webhooks",
+        "/v1/orgs/{org}/webhooks/{webhook}",
+        "/v1/orgs/{org}/webhooks/{webhook}/test",
+        "/v1/orgs/{org}/deliveries",
         "/v1/calls/authorize",
         "/v1/calls/{call_id}/update",
         "/v1/calls/{call_id}/end",
@@ -1509,6 +1514,13 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
         ("get", "/v1/orgs/{org}/credits/ledger"),
         ("get", "/v1/orgs/{org}/orders"),
         ("get", "/v1/orgs/{org}/notifications"),
+        ("get", "/v1/orgs/{org}/notification-settings"),
+        ("put", "/v1/orgs/{org}/notification-settings"),
+        ("post", "/v1/orgs/{org}/webhooks"),
+        ("get", "/v1/orgs/{org}/webhooks"),
+        ("delete", "/v1/orgs/{org}/webhooks/{webhook}"),
+        ("post", "/v1/orgs/{org}/webhooks/{webhook}/test"),
+        ("get", "/v1/orgs/{org}/deliveries"),
         ("post", "/v1/calls/authorize"),
         ("post", "/v1/calls/{call_id}/update"),
         ("post", "/v1/calls/{call_id}/end"),
@@ -1533,6 +1545,7 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
             .replace("{org}", &s.org)
             .replace("{user}", &s.bob)
             .replace("{call_id}", "probe-call")
+            .replace("{webhook}", "probe-webhook")
             .replace("{kind}", "outbound")
             .replace("{currency}", "USD");
         let key = if path.starts_with("/v1/calls") {
