@@ -1,0 +1,444 @@
+//! Notices reach people: every kind arrives once by e-mail (a real SMTP server,
+//! Debian's python3-aiosmtpd) and by signed webhook; an SMTP outage loses nothing;
+//! failures are retried with backoff and then marked failed.
+
+mod common;
+use commcredits_core::Timestamp;
+use commcredits_engine::delivery::{self, Delivery, Email, Mailer, RetryPolicy, SmtpMailer, WebhookSender};
+use commcredits_engine::payments::CardInput;
+use commcredits_engine::{Command, Engine};
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct FakeMail {
+    sent: Mutex<Vec<Email>>,
+    down: AtomicBool,
+}
+
+impl Mailer for FakeMail {
+    fn send(&self, email: &Email) -> Result<(), String> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err("connection refused".into());
+        }
+        self.sent.lock().unwrap().push(email.clone());
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeHooks {
+    posted: Mutex<Vec<(String, Vec<(String, String)>, String)>>,
+}
+
+impl WebhookSender for FakeHooks {
+    fn post(&self, url: &str, headers: &[(String, String)], body: &str) -> Result<(), String> {
+        self.posted.lock().unwrap().push((url.into(), headers.to_vec(), body.into()));
+        Ok(())
+    }
+}
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        first_delay: Duration::from_secs(10),
+        max_delay: Duration::from_secs(60),
+        max_attempts: 3,
+        lease: Duration::from_secs(5),
+    }
+}
+
+/// Drives an organization through one event of every notice kind; returns the time after.
+fn every_notice(e: &Engine, o: &Org, start: Timestamp) -> Timestamp {
+    let now = start;
+    // balance_exhausted: a call refused for lack of funds.
+    auth(e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+    // low_balance: a warning level above what is left after the next calls.
+    e.apply_one(
+        now,
+        Command::UpdateOrg {
+            org: o.id.clone(),
+            emails: None,
+            low_balance: Some(Some("60".into())),
+            suspended: None,
+            disabled_notices: None,
+        },
+    )
+    .unwrap();
+    // A purchase made 11.5 months ago: funds_expiring when jobs run.
+    e.purchase(&o.id, "50", &o.card, None, Some(t("2025-11-20T12:00:00Z")), now).unwrap();
+    e.run_jobs(now).unwrap();
+    // recharge_succeeded: auto-recharge below 45.00, crossed by a 10-minute UK mobile call.
+    e.apply_one(
+        now,
+        Command::SetAutoRecharge {
+            org: o.id.clone(),
+            enabled: true,
+            amount: Some("50".into()),
+            threshold: Some("45".into()),
+            payment_method_id: Some(o.card.clone()),
+        },
+    )
+    .unwrap();
+    auth(e, now, &o.id, "mob", "outbound", Some(&o.bob), "+442079460000", "+447400123456", Some(3600));
+    end(e, now, &o.id, "mob", 3600);
+    // recharge_failed: a card expired by the time of the next crossing.
+    let token = e
+        .gateway()
+        .tokenize_card(
+            &CardInput { number: "5555555555554444".into(), exp_month: 11, exp_year: 2026, holder: "x".into() },
+            now,
+        )
+        .unwrap();
+    let short = created(e.apply_one(now, Command::AddCard { org: o.id.clone(), token, holder: None }).unwrap());
+    let later = t("2026-12-02T09:00:00Z");
+    let bal = e.credits(&o.id).unwrap().available;
+    e.apply_one(
+        now,
+        Command::SetAutoRecharge {
+            org: o.id.clone(),
+            enabled: true,
+            amount: Some("50".into()),
+            threshold: Some(format!("{}.{:02}", bal / 100, bal % 100)),
+            payment_method_id: Some(short),
+        },
+    )
+    .unwrap();
+    auth(e, later, &o.id, "late", "outbound", Some(&o.bob), "+442079460000", "+447400123456", Some(60));
+    end(e, later, &o.id, "late", 60);
+    // pool_threshold: Ada and Cy's US domestic pool (6000 minutes) past 80%.
+    for (i, m) in [1440u32, 1440, 1440, 600].into_iter().enumerate() {
+        let id = format!("pool{i}");
+        auth(e, later, &o.id, &id, "outbound", Some(&o.cy), "+14155550100", "+12125550199", Some(m * 60));
+        end(e, later, &o.id, &id, m * 60);
+    }
+    e.run_jobs(later).unwrap();
+    later
+}
+
+fn kinds(e: &Engine, org: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in e.notices(org).unwrap() {
+        *m.entry(n.kind).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn every_notice_goes_out_once_by_email_and_signed_webhook() {
+    let e = engine();
+    let start = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, start);
+    let hook = match e
+        .apply_one(start, Command::AddWebhook { org: o.id.clone(), url: "https://hooks.example/cc".into() })
+        .unwrap()
+    {
+        commcredits_engine::Outcome::Webhook(w) => w,
+        other => panic!("{other:?}"),
+    };
+    let now = every_notice(&e, &o, start);
+    let k = kinds(&e, &o.id);
+    for kind in commcredits_engine::notices::KINDS {
+        assert!(k.get(kind).copied().unwrap_or(0) >= 1, "no {kind} notice: {k:?}");
+    }
+    let mail = Arc::new(FakeMail::default());
+    let hooks = Arc::new(FakeHooks::default());
+    let d = Delivery {
+        mailer: Some(mail.clone()),
+        webhooks: hooks.clone(),
+        public_url: "https://cc.example".into(),
+        retry: quick_retry(),
+    };
+    let r = e.deliver_due(now, &d).unwrap();
+    let notices = e.notices(&o.id).unwrap();
+    assert_eq!(r.sent, 2 * notices.len(), "{r:?}");
+    // Nothing is sent twice.
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_hours(2), &d).unwrap().sent, 0);
+    let sent = mail.sent.lock().unwrap();
+    assert_eq!(sent.len(), notices.len());
+    for n in &notices {
+        assert_eq!(n.status, "sent", "{n:?}");
+        let m: Vec<_> = sent.iter().filter(|m| m.message_id == format!("<{}@commcredits>", n.id)).collect();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].to, vec!["billing@contoso.com".to_string()]);
+        assert!(m[0].text.contains("https://cc.example/admin"), "{}", m[0].text);
+        // HTML-escaped in the page (/ as &#x2f;): the host and the link text are there.
+        assert!(m[0].html.contains("cc.example") && m[0].html.contains("Open the admin center"), "{}", m[0].html);
+    }
+    let failed = sent.iter().find(|m| m.subject.contains("recharge failed")).unwrap();
+    assert!(failed.text.contains("expired_card") && failed.text.contains("50.00 USD"), "{}", failed.text);
+    let pool = sent.iter().find(|m| m.subject.contains("minute pool")).unwrap();
+    assert!(pool.text.contains("80%") && pool.text.contains("domestic"), "{}", pool.text);
+    let expiring = sent.iter().find(|m| m.subject.contains("expire")).unwrap();
+    assert!(expiring.text.contains("2026-11-20"), "{}", expiring.text);
+    // Webhooks: one signed POST per notice, verifiable with the secret.
+    let posted = hooks.posted.lock().unwrap();
+    assert_eq!(posted.len(), notices.len());
+    for (url, headers, body) in posted.iter() {
+        assert_eq!(url, "https://hooks.example/cc");
+        let sig = &headers.iter().find(|(k, _)| k == delivery::SIGNATURE_HEADER).unwrap().1;
+        assert!(delivery::verify(&hook.secret, sig, body, now.as_second(), 300));
+        assert!(!delivery::verify(&hook.secret, sig, &body.replacen("\"id\"", "\"Id\"", 1), now.as_second(), 300));
+    }
+    assert!(e.deliveries(&o.id).unwrap().iter().all(|d| d.status == "sent" && d.attempts == 1));
+}
+
+#[test]
+fn outages_are_retried_with_backoff_then_marked_failed() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    auth(&e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+    let mail = Arc::new(FakeMail::default());
+    mail.down.store(true, Ordering::SeqCst);
+    let d = Delivery {
+        mailer: Some(mail.clone()),
+        webhooks: Arc::new(FakeHooks::default()),
+        public_url: "x".into(),
+        retry: quick_retry(),
+    };
+    let r = e.deliver_due(now, &d).unwrap();
+    assert_eq!((r.sent, r.retrying), (0, 1));
+    let first = e.deliveries(&o.id).unwrap().remove(0);
+    assert_eq!((first.attempts, first.last_error.as_deref()), (1, Some("connection refused")));
+    // Not before the backoff (10 s ± 20%).
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(7), &d).unwrap().retrying, 0);
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(13), &d).unwrap().retrying, 1);
+    // The third attempt is the last: failed, and visible.
+    let r = e.deliver_due(now + jiff::SignedDuration::from_secs(60), &d).unwrap();
+    assert_eq!(r.failed, 1);
+    let last = e.deliveries(&o.id).unwrap().remove(0);
+    assert_eq!((last.status.as_str(), last.attempts), ("failed", 3));
+    assert_eq!(e.notices(&o.id).unwrap()[0].status, "failed");
+    mail.down.store(false, Ordering::SeqCst);
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_hours(3), &d).unwrap().sent, 0);
+    assert!(mail.sent.lock().unwrap().is_empty());
+}
+
+#[test]
+fn settings_turn_kinds_off_and_without_a_mailer_notices_wait() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.apply_one(
+        now,
+        Command::UpdateOrg {
+            org: o.id.clone(),
+            emails: None,
+            low_balance: None,
+            suspended: None,
+            disabled_notices: Some(vec!["balance_exhausted".into()]),
+        },
+    )
+    .unwrap();
+    let err = e
+        .apply_one(
+            now,
+            Command::UpdateOrg {
+                org: o.id.clone(),
+                emails: None,
+                low_balance: None,
+                suspended: None,
+                disabled_notices: Some(vec!["nope".into()]),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, commcredits_core::ErrorCode::InvalidInput);
+    auth(&e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+    // The notice is kept (shown), but nothing is sent for a kind turned off.
+    assert_eq!(e.notices(&o.id).unwrap().len(), 1);
+    assert!(e.deliveries(&o.id).unwrap().is_empty());
+    let s = e.notification_settings(&o.id).unwrap();
+    assert!(!s.enabled_notices.contains(&"balance_exhausted".to_string()) && s.enabled_notices.len() == 5);
+    // Without --smtp-url, e-mail deliveries wait rather than fail.
+    e.apply_one(
+        now,
+        Command::UpdateOrg {
+            org: o.id.clone(),
+            emails: None,
+            low_balance: Some(Some("100".into())),
+            suspended: None,
+            disabled_notices: Some(vec![]),
+        },
+    )
+    .unwrap();
+    e.purchase(&o.id, "50", &o.card, None, None, now).unwrap();
+    let d = Delivery::new(None, "x");
+    assert_eq!(e.deliver_due(now, &d).unwrap(), delivery::DeliveryReport::default());
+    assert!(e.deliveries(&o.id).unwrap().iter().all(|d| d.status == "pending" && d.attempts == 0));
+}
+
+// ----------------------------------------------------------------- a real SMTP server
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Smtpd {
+    child: Child,
+    maildir: tempfile::TempDir,
+}
+
+impl Smtpd {
+    fn start(port: u16) -> Smtpd {
+        let maildir = tempfile::tempdir().unwrap();
+        let child = Process::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-aiosmtpd is needed (apt-get install python3-aiosmtpd; .ci/run installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "aiosmtpd did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Smtpd { child, maildir }
+    }
+
+    /// The raw messages received so far.
+    fn messages(&self) -> Vec<String> {
+        let dir = self.maildir.path().join("mail").join("new");
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect()
+    }
+}
+
+impl Drop for Smtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    raw.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+}
+
+#[test]
+fn a_real_smtp_server_receives_each_notice_once_even_after_an_outage() {
+    let e = engine();
+    let start = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, start);
+    let now = every_notice(&e, &o, start);
+    let port = free_port();
+    let mailer =
+        Arc::new(SmtpMailer::new(&format!("smtp://127.0.0.1:{port}"), "commcredits <noreply@cc.example>").unwrap());
+    let d = Delivery {
+        mailer: Some(mailer),
+        webhooks: Arc::new(FakeHooks::default()),
+        public_url: "https://cc.example".into(),
+        retry: quick_retry(),
+    };
+    // The SMTP server is down while the events happen and at the first attempt.
+    let r = e.deliver_due(now, &d).unwrap();
+    let n = e.notices(&o.id).unwrap().len();
+    assert_eq!((r.sent, r.retrying), (0, n), "{r:?}");
+    // It comes up; after the backoff everything queued arrives exactly once.
+    let smtpd = Smtpd::start(port);
+    let r = e.deliver_due(now + jiff::SignedDuration::from_secs(20), &d).unwrap();
+    assert_eq!(r.sent, n, "{r:?}");
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_hours(1), &d).unwrap().sent, 0);
+    let got = smtpd.messages();
+    assert_eq!(got.len(), n);
+    let mut ids = std::collections::BTreeSet::new();
+    for raw in &got {
+        assert!(ids.insert(header(raw, "Message-ID").unwrap().to_string()), "duplicate message");
+        assert_eq!(header(raw, "To"), Some("billing@contoso.com"));
+        assert!(raw.contains("text/plain") && raw.contains("text/html"));
+    }
+    let subjects: Vec<&str> = got.iter().filter_map(|r| header(r, "Subject")).collect();
+    for needle in ["recharged", "recharge failed", "exhausted", "minute pool", "low", "expire"] {
+        assert!(subjects.iter().any(|s| s.contains(needle)), "no e-mail about '{needle}': {subjects:?}");
+    }
+    let failed = got.iter().find(|r| header(r, "Subject").is_some_and(|s| s.contains("recharge failed"))).unwrap();
+    assert!(failed.contains("expired_card"), "{failed}");
+}
+
+// ----------------------------------------------------------------- a real webhook receiver
+
+/// A receiver that verifies signatures: 204 when valid, 400 otherwise.
+fn receiver(secret: Arc<Mutex<String>>, log: Arc<Mutex<Vec<(u16, String)>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            let mut sig = String::new();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with(&delivery::SIGNATURE_HEADER.to_ascii_lowercase()) {
+                    sig = line.split_once(':').unwrap().1.trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            let body = String::from_utf8(body).unwrap();
+            let ok = delivery::verify(&secret.lock().unwrap(), &sig, &body, Timestamp::now().as_second(), 300);
+            let status = if ok { 204 } else { 400 };
+            log.lock().unwrap().push((status, body));
+            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn webhooks_are_signed_and_a_tampered_body_is_rejected() {
+    let e = engine();
+    let now = Timestamp::now();
+    let o = setup(&e, now);
+    let secret = Arc::new(Mutex::new(String::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let addr = receiver(secret.clone(), log.clone());
+    let w = match e
+        .apply_one(now, Command::AddWebhook { org: o.id.clone(), url: format!("http://{addr}/hook") })
+        .unwrap()
+    {
+        commcredits_engine::Outcome::Webhook(w) => w,
+        other => panic!("{other:?}"),
+    };
+    *secret.lock().unwrap() = w.secret.clone();
+    // The test event over real HTTP.
+    e.test_webhook(&o.id, &w.webhook.id, &delivery::HttpWebhooks::default(), now).unwrap();
+    // A real notice.
+    auth(&e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+    let d = Delivery::new(None, "x");
+    assert_eq!(e.deliver_due(now, &d).unwrap().sent, 1);
+    let entries = log.lock().unwrap().clone();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|(status, _)| *status == 204), "{entries:?}");
+    assert!(entries[1].1.contains("balance_exhausted"));
+    // The receiver rejects a body changed after signing.
+    let body = &entries[1].1;
+    let sig = delivery::sign(&w.secret, now.as_second(), body);
+    assert!(delivery::verify(&w.secret, &sig, body, now.as_second(), 300));
+    assert!(!delivery::verify(
+        &w.secret,
+        &sig,
+        &body.replace("balance_exhausted", "recharge_succeeded"),
+        now.as_second(),
+        300
+    ));
+    // A wrong secret or a receiver that refuses: the test send says so.
+    *secret.lock().unwrap() = "whsec_other".into();
+    let err = e.test_webhook(&o.id, &w.webhook.id, &delivery::HttpWebhooks::default(), now).unwrap_err();
+    assert_eq!(err.code, commcredits_core::ErrorCode::WebhookFailed);
+    assert_eq!(log.lock().unwrap().last().unwrap().0, 400);
+}
