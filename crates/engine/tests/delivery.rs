@@ -32,9 +32,12 @@ impl Mailer for FakeMail {
     }
 }
 
+/// A POST as the fake sender saw it: URL, headers, body.
+type Posted = (String, Vec<(String, String)>, String);
+
 #[derive(Default)]
 struct FakeHooks {
-    posted: Mutex<Vec<(String, Vec<(String, String)>, String)>>,
+    posted: Mutex<Vec<Posted>>,
 }
 
 impl WebhookSender for FakeHooks {
