@@ -158,7 +158,6 @@ impl ErrorCode {
             RateLimited => 429,
             Overloaded => 503,
             MethodNotAllowed => 405,
-            WebhookFailed => 502,
             StoreError | Internal => 500,
             _ => 422,
         }

@@ -445,3 +445,37 @@ fn webhooks_are_signed_and_a_tampered_body_is_rejected() {
     assert_eq!(err.code, commcredits_core::ErrorCode::WebhookFailed);
     assert_eq!(log.lock().unwrap().last().unwrap().0, 400);
 }
+
+#[test]
+fn a_worker_that_dies_mid_send_leaves_the_delivery_to_the_next_after_its_lease() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    auth(&e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+    let pending = e.deliveries(&o.id).unwrap().remove(0);
+    // A worker claims it and dies before recording anything.
+    let claimed = e
+        .apply_one(
+            now,
+            Command::ClaimDelivery {
+                org: o.id.clone(),
+                delivery_id: pending.id.clone(),
+                lease: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+    assert!(matches!(claimed, commcredits_engine::Outcome::Delivery(_)));
+    let mail = Arc::new(FakeMail::default());
+    let d = Delivery {
+        mailer: Some(mail.clone()),
+        webhooks: Arc::new(FakeHooks::default()),
+        public_url: "x".into(),
+        retry: quick_retry(),
+    };
+    // While the lease holds, nobody else sends it.
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(4), &d).unwrap().sent, 0);
+    // After it, the next worker does, once.
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(6), &d).unwrap().sent, 1);
+    assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(60), &d).unwrap().sent, 0);
+    assert_eq!(mail.sent.lock().unwrap().len(), 1);
+}

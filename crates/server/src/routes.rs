@@ -1067,7 +1067,7 @@ pub async fn delete_webhook(
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{webhook}/test", tag = "notices", params(("org" = String, Path), ("webhook" = String, Path)),
-    responses((status = 200, body = Object), (status = 502, description = "the endpoint refused the event", body = Problem), (status = "4XX", body = Problem)),
+    responses((status = 200, body = Object), (status = 422, description = "the endpoint refused the event (webhook_failed)", body = Problem), (status = "4XX", body = Problem)),
     security(("api_key" = [])))]
 pub async fn test_webhook(
     State(app): AppState,

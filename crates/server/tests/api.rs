@@ -1693,3 +1693,43 @@ async fn concurrent_authorizations_never_overspend() {
     let c = app.credits(&s.org, &s.reader).await;
     assert_eq!((c["balance"].as_i64(), c["reserved"].as_i64()), (Some(5000 - charged), Some(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notification_settings_webhooks_and_the_delivery_log() {
+    let app = spawn_app().await;
+    let s = seed(&app, "Contoso", None);
+    let p = |x: &str| format!("/v1/orgs/{}{x}", s.org);
+    let settings = expect(&app.get(&p("/notification-settings"), &s.admin).await, 200);
+    assert_eq!(settings["enabled_notices"].as_array().unwrap().len(), 6, "{settings}");
+    let body = json!({"notification_emails": ["ops@example.com"], "low_balance_level": 2500, "enabled_notices": ["recharge_failed", "balance_exhausted"]});
+    let updated = expect(&app.put(&p("/notification-settings"), &s.admin, body).await, 200);
+    assert_eq!(updated["notification_emails"], json!(["ops@example.com"]));
+    assert_eq!(updated["low_balance_level"], 2500);
+    assert_eq!(updated["enabled_notices"], json!(["recharge_failed", "balance_exhausted"]));
+    let bad = app.put(&p("/notification-settings"), &s.admin, json!({"enabled_notices": ["nope"]})).await;
+    assert_eq!((bad.status, bad.code().as_str()), (422, "invalid_input"));
+    // Webhooks are the admin's: a billing admin or reader may not add one.
+    // Port 9 on this machine: nothing listens, the connection is refused at once.
+    let hook = json!({"url": "http://127.0.0.1:9/cc"});
+    for key in [&s.reader, &s.billing, &s.licenses] {
+        assert_eq!(app.post(&p("/webhooks"), key, hook.clone()).await.status, 403);
+    }
+    let created = expect(&app.post(&p("/webhooks"), &s.admin, hook).await, 201);
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let listed = expect(&app.get(&p("/webhooks"), &s.reader).await, 200);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains("whsec_"), "the secret is shown once: {listed}");
+    // A refused call writes balance_exhausted: one e-mail and one webhook delivery queued.
+    let r = app.authorize(authorize_body(&s.org, "broke", &s.bob, UK_LANDLINE, UK_MOBILE, 60)).await;
+    assert_eq!(expect(&r, 200)["reason"], "insufficient_funds");
+    let log = expect(&app.get(&p("/deliveries"), &s.reader).await, 200);
+    let channels: BTreeSet<String> =
+        log["items"].as_array().unwrap().iter().map(|d| d["channel"].as_str().unwrap().to_string()).collect();
+    assert_eq!(channels, ["email".to_string(), "webhook".to_string()].into_iter().collect());
+    let id = created["id"].as_str().unwrap();
+    // The test send reaches nothing: a 422 problem that says why.
+    let t = app.post(&p(&format!("/webhooks/{id}/test")), &s.admin, json!({})).await;
+    assert_eq!((t.status, t.code().as_str()), (422, "webhook_failed"));
+    expect(&app.call("DELETE", &p(&format!("/webhooks/{id}")), &s.admin, Body::None).await, 200);
+    assert_eq!(app.call("DELETE", &p(&format!("/webhooks/{id}")), &s.admin, Body::None).await.status, 404);
+}
