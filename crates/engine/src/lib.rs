@@ -16,6 +16,7 @@ pub mod keys;
 pub mod notices;
 pub mod payments;
 pub mod queries;
+pub mod summary;
 pub mod views;
 
 use commcredits_core::catalog::{Catalog, DeckKind, RateDeck};
