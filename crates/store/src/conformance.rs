@@ -363,6 +363,15 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
     assert_eq!(read(&*s, |tx| tx.get_cdr("o1", "c1")), Some(cdr.clone()));
     assert_eq!(read(&*s, |tx| tx.list_cdrs("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"))).len(), 1);
     assert!(read(&*s, |tx| tx.list_cdrs("o1", t("2026-03-01T10:00:01Z"), t("2026-03-02T00:00:00Z"))).is_empty());
+    let mut streamed = Vec::new();
+    s.read(&mut |tx| {
+        tx.for_each_cdr("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), &mut |c| {
+            streamed.push(c);
+            Ok(())
+        })
+    })
+    .unwrap();
+    assert_eq!(streamed, vec![cdr.clone()]);
     assert_eq!(read(&*s, |tx| tx.list_denials("o1"))[0].reason, "insufficient_funds");
 }
 

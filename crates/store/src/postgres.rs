@@ -1675,6 +1675,53 @@ impl Tx for PgTx<'_> {
         )
     }
 
+    fn for_each_cdr(
+        &mut self,
+        org_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+        f: &mut dyn FnMut(CdrRow) -> Result<()>,
+    ) -> Result<()> {
+        use postgres::fallible_iterator::FallibleIterator;
+        const CONTEXT: &str = "scan cdrs";
+        self.begin()?;
+        let st = self.statement(
+            CONTEXT,
+            concat!(
+                "SELECT ",
+                cdr_cols!(),
+                " FROM cdrs WHERE org_id = $1 AND start_at >= $2 AND start_at < $3 ORDER BY start_at, call_id"
+            ),
+        )?;
+        let (from, to) = (micros(from), micros(to));
+        let params: [&(dyn ToSql + Sync); 3] = [&org_id, &from, &to];
+        // query_raw streams rows from the server as they come: memory stays flat.
+        let mut failure = None;
+        let mut stopped = None;
+        match self.conn.client.query_raw(&st, params) {
+            Ok(mut rows) => loop {
+                match rows.next() {
+                    Ok(Some(row)) => {
+                        if let Err(e) = cdr_row(&row).and_then(&mut *f) {
+                            stopped = Some(e);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
+                }
+            },
+            Err(err) => failure = Some(err),
+        }
+        if let Some(err) = failure {
+            return Err(self.fail(CONTEXT, err));
+        }
+        stopped.map_or(Ok(()), Err)
+    }
+
     fn list_cdrs(&mut self, org_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<CdrRow>> {
         self.many(
             "list cdrs",

@@ -1044,6 +1044,22 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
+    fn for_each_cdr(
+        &mut self,
+        org_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+        f: &mut dyn FnMut(CdrRow) -> Result<()>,
+    ) -> Result<()> {
+        let sql = format!("SELECT {CDR_COLS} FROM cdrs WHERE org_id = ?1 AND start_at >= ?2 AND start_at < ?3 ORDER BY start_at, call_id");
+        let mut st = self.conn.prepare_cached(&sql).map_err(e("scan cdrs"))?;
+        let mut rows = st.query(params![org_id, micros(from), micros(to)]).map_err(e("scan cdrs"))?;
+        while let Some(r) = rows.next().map_err(e("scan cdrs"))? {
+            f(cdr_row(r).map_err(e("scan cdrs"))?)?;
+        }
+        Ok(())
+    }
+
     fn insert_denial(&mut self, d: &DenialRow) -> Result<()> {
         self.exec(
             "insert denial",
