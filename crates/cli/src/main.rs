@@ -12,6 +12,7 @@ use commcredits_engine::calls::AuthorizeRequest;
 use commcredits_engine::payments::{parse_expiry, CardInput};
 use commcredits_engine::{Command, Engine, Outcome};
 use output::Out;
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -120,6 +121,9 @@ enum Verb {
         #[arg(long)]
         org: String,
     },
+    /// Reports: PSTN usage details to CSV or Excel.
+    #[command(subcommand)]
+    Report(ReportVerb),
     /// Deliveries of notices (e-mail, webhooks): status, attempts, last error.
     Deliveries {
         #[arg(long)]
@@ -165,6 +169,41 @@ enum Verb {
     Keys(KeysVerb),
     /// Seed a demo organization and run a month of traffic through the engine.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum ReportVerb {
+    /// PSTN usage details: one row per call, the original product's columns then ours.
+    Usage {
+        #[arg(long)]
+        org: String,
+        /// Start of the period (RFC 3339, inclusive).
+        #[arg(long)]
+        from: String,
+        /// End of the period (RFC 3339, exclusive).
+        #[arg(long)]
+        to: String,
+        /// csv or xlsx.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        output: std::path::PathBuf,
+        /// Only this user (id or UPN).
+        #[arg(long)]
+        user: Option<String>,
+        /// outbound, toll_free_inbound, conference_dial_out (or user_out, conf_out, ucap_in).
+        #[arg(long = "type")]
+        call_type: Option<String>,
+        /// plan, credits, plan_and_credits, emergency.
+        #[arg(long)]
+        funding: Option<String>,
+        /// MCOPSTN1, MCOPSTN2, MCOMEETADD, MCOPSTNPP.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Destination country (ISO 3166 alpha-2).
+        #[arg(long)]
+        country: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -816,6 +855,44 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             out.jobs(&jobs, &sent);
         }
         Verb::Deliveries { org: o } => out.deliveries(&e.deliveries(&org(&o)?)?),
+        Verb::Report(ReportVerb::Usage {
+            org: o,
+            from,
+            to,
+            format,
+            output,
+            user,
+            call_type,
+            funding,
+            capability,
+            country,
+        }) => {
+            let oid = org(&o)?;
+            let filter = commcredits_engine::usage::UsageFilter {
+                from: Some(parse_time("--from", &from)?),
+                to: Some(parse_time("--to", &to)?),
+                user,
+                call_type,
+                funding,
+                capability,
+                country,
+            };
+            let bar = output::progress(0, cli.json);
+            let rows = match format.as_str() {
+                "csv" => {
+                    let file = std::fs::File::create(&output)
+                        .map_err(|er| err!(ErrorCode::InvalidInput, "cannot write {}: {er}", output.display()))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                    let n = e.write_usage_csv(&oid, &filter, &mut w)?;
+                    w.flush().map_err(|er| err!(ErrorCode::InvalidInput, "cannot write {}: {er}", output.display()))?;
+                    n
+                }
+                "xlsx" => e.write_usage_xlsx(&oid, &filter, &output)?,
+                other => return Err(err!(ErrorCode::InvalidInput, "--format must be csv or xlsx, not '{other}'")),
+            };
+            bar.finish_and_clear();
+            out.report_written(rows, &output.display().to_string(), &format);
+        }
         Verb::Webhook(v) => match v {
             WebhookVerb::Add { org: o, url } => match e.apply_one(now, Command::AddWebhook { org: org(&o)?, url })? {
                 Outcome::Webhook(w) => out.new_webhook(&w),

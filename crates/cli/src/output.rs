@@ -504,6 +504,13 @@ impl Out {
         );
     }
 
+    pub fn report_written(&self, rows: usize, path: &str, format: &str) {
+        if self.json(&serde_json::json!({"rows": rows, "output": path, "format": format})) {
+            return;
+        }
+        println!("{rows} calls written to {path} ({format})");
+    }
+
     pub fn done(&self, what: &str) {
         if self.json(&serde_json::json!({"ok": true, "message": what})) {
             return;

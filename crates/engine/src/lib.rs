@@ -17,6 +17,7 @@ pub mod notices;
 pub mod payments;
 pub mod queries;
 pub mod summary;
+pub mod usage;
 pub mod views;
 
 use commcredits_core::catalog::{Catalog, DeckKind, RateDeck};
