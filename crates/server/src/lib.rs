@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod reports;
 pub mod routes;
 pub mod writer;
 
@@ -100,6 +101,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::delete_webhook))
         .routes(routes!(routes::test_webhook))
         .routes(routes!(routes::list_deliveries))
+        .routes(routes!(reports::pstn_usage))
         .routes(routes!(routes::authorize))
         .routes(routes!(routes::update))
         .routes(routes!(routes::end))

@@ -1482,6 +1482,7 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
         "/v1/orgs/{org}/webhooks/{webhook}",
         "/v1/orgs/{org}/webhooks/{webhook}/test",
         "/v1/orgs/{org}/deliveries",
+        "/v1/orgs/{org}/reports/pstn-usage",
         "/v1/calls/authorize",
         "/v1/calls/{call_id}/update",
         "/v1/calls/{call_id}/end",
@@ -1521,6 +1522,7 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
         ("delete", "/v1/orgs/{org}/webhooks/{webhook}"),
         ("post", "/v1/orgs/{org}/webhooks/{webhook}/test"),
         ("get", "/v1/orgs/{org}/deliveries"),
+        ("get", "/v1/orgs/{org}/reports/pstn-usage"),
         ("post", "/v1/calls/authorize"),
         ("post", "/v1/calls/{call_id}/update"),
         ("post", "/v1/calls/{call_id}/end"),
@@ -1547,7 +1549,8 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
             .replace("{call_id}", "probe-call")
             .replace("{webhook}", "probe-webhook")
             .replace("{kind}", "outbound")
-            .replace("{currency}", "USD");
+            .replace("{currency}", "USD")
+            + if path.contains("/reports/") { "?from=2026-01-01T00:00:00Z&to=2027-01-01T00:00:00Z" } else { "" };
         let key = if path.starts_with("/v1/calls") {
             &app.call_control
         } else if path == "/v1/orgs" || path.starts_with("/v1/rates") {

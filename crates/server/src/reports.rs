@@ -1,0 +1,195 @@
+//! Report routes. CSV and Excel stream to the client: a blocking task writes into a
+//! bounded channel of chunks that the response body drains, so memory stays flat
+//! whatever the number of rows, and a client that goes away stops the export.
+
+use crate::auth::{check_org, Auth, Need};
+use crate::error::{err, ApiError, ApiResult};
+use crate::routes::{Problem, Query};
+use crate::App;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use commcredits_core::{ErrorCode, Timestamp};
+use commcredits_engine::usage::{UsageFilter, UsagePage};
+use serde::Deserialize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use utoipa::IntoParams;
+
+const CHUNK: usize = 64 * 1024;
+
+struct ChunkStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for ChunkStream {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A `Write` that hands 64 KiB chunks to the response body.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Start of the period, RFC 3339, inclusive.
+    pub from: String,
+    /// End of the period, RFC 3339, exclusive.
+    pub to: String,
+    /// json (default), csv or xlsx.
+    pub format: Option<String>,
+    /// A user id or UPN.
+    pub user: Option<String>,
+    /// outbound, toll_free_inbound, conference_dial_out (or user_out, conf_out, ucap_in).
+    #[serde(rename = "type")]
+    pub call_type: Option<String>,
+    pub funding: Option<String>,
+    pub capability: Option<String>,
+    /// Destination country, ISO 3166 alpha-2.
+    pub country: Option<String>,
+    /// JSON pages: the `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// JSON pages: at most 1000, default 100.
+    pub limit: Option<usize>,
+}
+
+fn time(what: &str, text: &str) -> ApiResult<Timestamp> {
+    text.parse().map_err(|_| {
+        err(ErrorCode::InvalidTime, format!("{what} '{text}' is not an RFC 3339 time such as 2026-11-01T00:00:00Z"))
+    })
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/reports/pstn-usage", tag = "reports", params(("org" = String, Path), UsageQuery),
+    responses(
+        (status = 200, description = "JSON page, or a CSV (text/csv) or Excel file", body = UsagePage),
+        (status = "4XX", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn pstn_usage(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult {
+    check_org(&p, &org, Need::Read)?;
+    let filter = UsageFilter {
+        from: Some(time("from", &q.from)?),
+        to: Some(time("to", &q.to)?),
+        user: q.user,
+        call_type: q.call_type,
+        funding: q.funding,
+        capability: q.capability,
+        country: q.country,
+    };
+    if filter.from >= filter.to {
+        return Err(err(ErrorCode::InvalidInput, "the period is empty: 'from' must be before 'to'"));
+    }
+    let engine = app.engine.clone();
+    // Check what can fail before the first byte is sent (the organization, the user).
+    {
+        let (engine, org, user) = (engine.clone(), org.clone(), filter.user.clone());
+        tokio::task::spawn_blocking(move || {
+            engine.org_view(&org)?;
+            if let Some(u) = user {
+                engine.user(&org, &u)?;
+            }
+            Ok::<_, commcredits_core::Error>(())
+        })
+        .await
+        .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+    }
+    let format = q.format.as_deref().unwrap_or("json");
+    let name = format!("pstn-usage-{}-{}", &q.from[..10.min(q.from.len())], &q.to[..10.min(q.to.len())]);
+    match format {
+        "json" => {
+            let limit = q.limit.unwrap_or(crate::routes::DEFAULT_PAGE);
+            let page =
+                tokio::task::spawn_blocking(move || engine.usage_page(&org, &filter, q.cursor.as_deref(), limit))
+                    .await
+                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+            Ok(Json(page).into_response())
+        }
+        "csv" => {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tokio::task::spawn_blocking(move || {
+                let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+                let result = engine.write_usage_csv(&org, &filter, &mut w).and_then(|_| {
+                    std::io::Write::flush(&mut w)
+                        .map_err(|e| commcredits_core::Error::new(ErrorCode::Internal, e.to_string()))
+                });
+                if let Err(e) = result {
+                    // Mid-stream the status is already sent: abort the body.
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
+                }
+            });
+            Ok(file_response(Body::from_stream(ChunkStream(rx)), "text/csv; charset=utf-8", &format!("{name}.csv")))
+        }
+        "xlsx" => {
+            // A workbook is a zip: written to a temporary file, then streamed.
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tokio::task::spawn_blocking(move || {
+                let run = || -> Result<(), String> {
+                    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                    let path = dir.path().join("report.xlsx");
+                    engine.write_usage_xlsx(&org, &filter, &path).map_err(|e| e.message)?;
+                    let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                    let mut buf = vec![0u8; CHUNK];
+                    loop {
+                        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| e.to_string())?;
+                        if n == 0 {
+                            break;
+                        }
+                        tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                            .map_err(|_| "the client went away".to_string())?;
+                    }
+                    Ok(())
+                };
+                if let Err(e) = run() {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+                }
+            });
+            Ok(file_response(
+                Body::from_stream(ChunkStream(rx)),
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                &format!("{name}.xlsx"),
+            ))
+        }
+        other => Err(ApiError(commcredits_core::Error::new(
+            ErrorCode::InvalidInput,
+            format!("format must be json, csv or xlsx, not '{other}'"),
+        ))),
+    }
+}
+
+fn file_response(body: Body, content_type: &'static str, filename: &str) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
