@@ -379,7 +379,10 @@ impl Engine {
                 .map(|f| ceil_div(now.as_microsecond() - f.as_microsecond(), DAY_MICROS).clamp(1, MAX_LOOKBACK_DAYS))
                 .unwrap_or(0)
         };
-        let lookback = history_days.clamp(MIN_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS);
+        // Only days since the first call count: days before it would read as zero spend
+        // and understate the rate. At least the minimum history, at most 90 days.
+        let lookback =
+            if history_days >= MIN_HISTORY_DAYS { history_days.min(MAX_LOOKBACK_DAYS) } else { MIN_LOOKBACK_DAYS };
         let daily_spend = distribution(&buckets[..lookback as usize]);
         let d = &daily_spend;
         let available = account.balance_minor - account.reserved_minor;
@@ -393,15 +396,16 @@ impl Engine {
             format!("There are calls from more than {MAX_LOOKBACK_DAYS} days ago: the last {MAX_LOOKBACK_DAYS} days are used.")
         } else if history_days == 0 {
             format!("No call has a record yet: the last {lookback} days show no spend.")
-        } else if history_days >= MIN_LOOKBACK_DAYS {
+        } else if history_days >= MIN_HISTORY_DAYS {
             format!(
-                "The first call with a record started {} ago: those last {} are used.",
+                "The first call with a record started {} ago: the look-back covers those {} (at most {}), so days before the first call do not dilute the rate.",
                 days(history_days),
-                days(lookback)
+                days(lookback),
+                days(MAX_LOOKBACK_DAYS)
             )
         } else {
             format!(
-                "The first call with a record started {} ago: the look-back is the minimum of {}, the days before the first call counting as days without spend.",
+                "The first call with a record started {} ago: too little history, the figures below cover the last {}.",
                 days(history_days),
                 days(lookback)
             )
@@ -683,6 +687,15 @@ mod tests {
         assert_eq!(round_up_major(12_301, 100), 12_400);
         assert_eq!(round_up_major(12_300, 100), 12_300);
         assert_eq!(round_up_major(5, 1), 5);
+    }
+
+    #[test]
+    fn schemas_show_the_flattened_usage() {
+        use utoipa::PartialSchema;
+        let day = serde_json::to_string(&DayUsage::schema()).unwrap();
+        assert!(day.contains("\"day\"") && day.contains("Usage"), "{day}");
+        let r = serde_json::to_string(&Recommendation::schema()).unwrap();
+        assert!(r.contains("reasoning") && r.contains("DailySpendView"), "{r}");
     }
 
     #[test]
