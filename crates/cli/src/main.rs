@@ -121,7 +121,12 @@ enum Verb {
         #[arg(long)]
         org: String,
     },
-    /// Reports: PSTN usage details to CSV or Excel.
+    /// How much to recharge and when: from the organization's spend history.
+    Recommend {
+        #[arg(long)]
+        org: String,
+    },
+    /// Reports: PSTN usage details to CSV or Excel, summaries.
     #[command(subcommand)]
     Report(ReportVerb),
     /// Deliveries of notices (e-mail, webhooks): status, attempts, last error.
@@ -171,8 +176,26 @@ enum Verb {
     Demo,
 }
 
+#[derive(Args)]
+struct Period {
+    #[arg(long)]
+    org: String,
+    /// Start of the period (RFC 3339, inclusive).
+    #[arg(long)]
+    from: String,
+    /// End of the period (RFC 3339, exclusive).
+    #[arg(long)]
+    to: String,
+}
+
 #[derive(Subcommand)]
 enum ReportVerb {
+    /// Spend and calls by day, user, destination country and call type.
+    Summary(Period),
+    /// Conference dial-out per meeting organizer.
+    DialOut(Period),
+    /// Users whose calls were refused, and why.
+    Blocked(Period),
     /// PSTN usage details: one row per call, the original product's columns then ours.
     Usage {
         #[arg(long)]
@@ -855,6 +878,18 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             out.jobs(&jobs, &sent);
         }
         Verb::Deliveries { org: o } => out.deliveries(&e.deliveries(&org(&o)?)?),
+        Verb::Recommend { org: o } => out.recommendation(&e.recommend(&org(&o)?, now)?),
+        Verb::Report(ReportVerb::Summary(p)) => {
+            out.summary(&e.summary(&org(&p.org)?, parse_time("--from", &p.from)?, parse_time("--to", &p.to)?)?)
+        }
+        Verb::Report(ReportVerb::DialOut(p)) => out.any(&e.dial_out_by_organizer(
+            &org(&p.org)?,
+            parse_time("--from", &p.from)?,
+            parse_time("--to", &p.to)?,
+        )?),
+        Verb::Report(ReportVerb::Blocked(p)) => {
+            out.any(&e.blocked_users(&org(&p.org)?, parse_time("--from", &p.from)?, parse_time("--to", &p.to)?)?)
+        }
         Verb::Report(ReportVerb::Usage {
             org: o,
             from,

@@ -511,6 +511,105 @@ impl Out {
         println!("{rows} calls written to {path} ({format})");
     }
 
+    /// JSON with --json, or the same JSON pretty-printed: for reports without a table yet.
+    pub fn any<T: Serialize>(&self, v: &T) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    pub fn recommendation(&self, r: &commcredits_engine::summary::Recommendation) {
+        if self.json(r) {
+            return;
+        }
+        println!(
+            "recommended: recharge {} when the available balance falls below {}",
+            money(r.recommended_amount, &r.currency),
+            money(r.recommended_threshold, &r.currency)
+        );
+        if let Some(d) = r.days_until_empty {
+            println!("at the current rate the available balance lasts about {d} days");
+        }
+        println!();
+        for line in &r.reasoning {
+            println!("- {line}");
+        }
+    }
+
+    pub fn summary(&self, s: &commcredits_engine::summary::SummaryView) {
+        if self.json(s) {
+            return;
+        }
+        let cur = &s.currency;
+        println!(
+            "{} to {}: {} calls, {} minutes, {} plan minutes, {} on credits",
+            s.from,
+            s.to,
+            s.totals.calls,
+            s.totals.minutes,
+            s.totals.plan_minutes,
+            money(s.totals.spend, cur)
+        );
+        println!();
+        table(
+            &["DAY", "CALLS", "MINUTES", "SPEND"],
+            s.by_day
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.day.clone(),
+                        d.usage.calls.to_string(),
+                        d.usage.minutes.to_string(),
+                        money(d.usage.spend, cur),
+                    ]
+                })
+                .collect(),
+        );
+        println!();
+        table(
+            &["USER", "CALLS", "MINUTES", "SPEND"],
+            s.by_user
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.upn.clone().unwrap_or_else(|| "(toll-free callers)".into()),
+                        u.usage.calls.to_string(),
+                        u.usage.minutes.to_string(),
+                        money(u.usage.spend, cur),
+                    ]
+                })
+                .collect(),
+        );
+        println!();
+        table(
+            &["COUNTRY", "CALLS", "MINUTES", "SPEND"],
+            s.by_country
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone().or(c.country.clone()).unwrap_or_else(|| "-".into()),
+                        c.usage.calls.to_string(),
+                        c.usage.minutes.to_string(),
+                        money(c.usage.spend, cur),
+                    ]
+                })
+                .collect(),
+        );
+        println!();
+        table(
+            &["CALL TYPE", "CALLS", "MINUTES", "SPEND"],
+            s.by_call_type
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.call_type.clone(),
+                        c.usage.calls.to_string(),
+                        c.usage.minutes.to_string(),
+                        money(c.usage.spend, cur),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
     pub fn done(&self, what: &str) {
         if self.json(&serde_json::json!({"ok": true, "message": what})) {
             return;

@@ -193,3 +193,73 @@ fn file_response(body: Body, content_type: &'static str, filename: &str) -> Resp
     }
     r
 }
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodQuery {
+    /// Start of the period, RFC 3339, inclusive.
+    pub from: String,
+    /// End of the period, RFC 3339, exclusive.
+    pub to: String,
+}
+
+async fn period_report<T: serde::Serialize + Send + 'static>(
+    app: Arc<App>,
+    org: String,
+    q: PeriodQuery,
+    f: impl FnOnce(&commcredits_engine::Engine, &str, Timestamp, Timestamp) -> commcredits_core::Result<T> + Send + 'static,
+) -> ApiResult {
+    let (from, to) = (time("from", &q.from)?, time("to", &q.to)?);
+    let engine = app.engine.clone();
+    let v = tokio::task::spawn_blocking(move || f(&engine, &org, from, to))
+        .await
+        .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+    Ok(Json(v).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/reports/summary", tag = "reports", params(("org" = String, Path), PeriodQuery),
+    responses((status = 200, body = commcredits_engine::summary::SummaryView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn summary(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PeriodQuery>,
+) -> ApiResult {
+    check_org(&p, &org, Need::Read)?;
+    period_report(app, org, q, |e, o, f, t| e.summary(o, f, t)).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/reports/blocked-users", tag = "reports", params(("org" = String, Path), PeriodQuery),
+    responses((status = 200, body = Vec<commcredits_engine::summary::BlockedUserView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn blocked_users(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PeriodQuery>,
+) -> ApiResult {
+    check_org(&p, &org, Need::Read)?;
+    period_report(app, org, q, |e, o, f, t| e.blocked_users(o, f, t)).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/reports/dial-out", tag = "reports", params(("org" = String, Path), PeriodQuery),
+    responses((status = 200, body = Vec<commcredits_engine::summary::OrganizerDialOutView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn dial_out(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(org): Path<String>,
+    Query(q): Query<PeriodQuery>,
+) -> ApiResult {
+    check_org(&p, &org, Need::Read)?;
+    period_report(app, org, q, |e, o, f, t| e.dial_out_by_organizer(o, f, t)).await
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/credits/recommendation", tag = "reports", params(("org" = String, Path)),
+    responses((status = 200, body = commcredits_engine::summary::Recommendation), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn recommendation(State(app): State<Arc<App>>, Auth(p): Auth, Path(org): Path<String>) -> ApiResult {
+    check_org(&p, &org, Need::Read)?;
+    let engine = app.engine.clone();
+    let r = tokio::task::spawn_blocking(move || engine.recommend(&org, Timestamp::now()))
+        .await
+        .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+    Ok(Json(r).into_response())
+}

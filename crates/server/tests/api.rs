@@ -1483,6 +1483,10 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
         "/v1/orgs/{org}/webhooks/{webhook}/test",
         "/v1/orgs/{org}/deliveries",
         "/v1/orgs/{org}/reports/pstn-usage",
+        "/v1/orgs/{org}/reports/summary",
+        "/v1/orgs/{org}/reports/blocked-users",
+        "/v1/orgs/{org}/reports/dial-out",
+        "/v1/orgs/{org}/credits/recommendation",
         "/v1/calls/authorize",
         "/v1/calls/{call_id}/update",
         "/v1/calls/{call_id}/end",
@@ -1523,6 +1527,10 @@ async fn openapi_lists_exactly_the_api_and_health_and_metrics_answer() {
         ("post", "/v1/orgs/{org}/webhooks/{webhook}/test"),
         ("get", "/v1/orgs/{org}/deliveries"),
         ("get", "/v1/orgs/{org}/reports/pstn-usage"),
+        ("get", "/v1/orgs/{org}/reports/summary"),
+        ("get", "/v1/orgs/{org}/reports/blocked-users"),
+        ("get", "/v1/orgs/{org}/reports/dial-out"),
+        ("get", "/v1/orgs/{org}/credits/recommendation"),
         ("post", "/v1/calls/authorize"),
         ("post", "/v1/calls/{call_id}/update"),
         ("post", "/v1/calls/{call_id}/end"),
@@ -1735,4 +1743,68 @@ async fn notification_settings_webhooks_and_the_delivery_log() {
     assert_eq!((t.status, t.code().as_str()), (422, "webhook_failed"));
     expect(&app.call("DELETE", &p(&format!("/webhooks/{id}")), &s.admin, Body::None).await, 200);
     assert_eq!(app.call("DELETE", &p(&format!("/webhooks/{id}")), &s.admin, Body::None).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_stream_and_add_up() {
+    let app = spawn_app().await;
+    let s = seed(&app, "Contoso", Some("100.00"));
+    let other = seed(&app, "Fabrikam", None);
+    for i in 0..20 {
+        let id = format!("r{i}");
+        expect(&app.authorize(authorize_body(&s.org, &id, &s.bob, UK_LANDLINE, UK_MOBILE, 600)).await, 200);
+        expect(&app.end(&s.org, &id, 60 + i * 7).await, 200);
+    }
+    let charges = app.check_books(&s.org).charges;
+    let period = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    let p = |x: &str| format!("/v1/orgs/{}{x}", s.org);
+    // CSV: the original header, and the Charge column sums to the ledger's charges.
+    let csv = app.get(&p(&format!("/reports/pstn-usage?{period}&format=csv")), &s.reader).await;
+    assert_eq!(csv.status, 200, "{csv:?}");
+    assert!(csv.ctype.starts_with("text/csv"));
+    let mut lines = csv.text.lines();
+    assert!(lines.next().unwrap().starts_with("UsageId,Call ID,Conference ID,User Location,AAD ObjectId,UPN"));
+    let cents: i64 = csv
+        .text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let charge = l.split(',').nth(17).unwrap();
+            let (a, b) = charge.split_once('.').unwrap();
+            a.parse::<i64>().unwrap() * 100 + b.parse::<i64>().unwrap()
+        })
+        .sum();
+    assert_eq!(cents, charges);
+    assert_eq!(csv.text.lines().count(), 21);
+    // Excel: a real workbook (a zip).
+    let xlsx =
+        app.request("GET", &p(&format!("/reports/pstn-usage?{period}&format=xlsx")), &s.admin).send().await.unwrap();
+    assert_eq!(xlsx.status(), 200);
+    assert!(xlsx.headers()["content-type"].to_str().unwrap().contains("spreadsheetml"));
+    let bytes = xlsx.bytes().await.unwrap();
+    assert!(bytes.starts_with(b"PK") && bytes.len() > 1000);
+    // JSON pages.
+    let page = expect(&app.get(&p(&format!("/reports/pstn-usage?{period}&limit=15")), &s.reader).await, 200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 15);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest =
+        expect(&app.get(&p(&format!("/reports/pstn-usage?{period}&limit=15&cursor={cursor}")), &s.reader).await, 200);
+    assert_eq!(rest["items"].as_array().unwrap().len(), 5);
+    // Summaries and the recommendation.
+    let summary = expect(&app.get(&p(&format!("/reports/summary?{period}")), &s.reader).await, 200);
+    assert_eq!(summary["totals"]["spend"], charges);
+    let rec = expect(&app.get(&p("/credits/recommendation"), &s.reader).await, 200);
+    assert!(!rec["reasoning"].as_array().unwrap().is_empty());
+    assert!(rec["recommended_amount"].as_i64().unwrap() >= 5000);
+    expect(&app.get(&p(&format!("/reports/blocked-users?{period}")), &s.reader).await, 200);
+    expect(&app.get(&p(&format!("/reports/dial-out?{period}")), &s.reader).await, 200);
+    // Bad input, another organization.
+    let bad = app.get(&p("/reports/pstn-usage?from=yesterday&to=2100-01-01T00:00:00Z"), &s.reader).await;
+    assert_eq!((bad.status, bad.code().as_str()), (422, "invalid_time"));
+    let bad = app.get(&p(&format!("/reports/pstn-usage?{period}&format=pdf")), &s.reader).await;
+    assert_eq!((bad.status, bad.code().as_str()), (422, "invalid_input"));
+    let bad = app.get(&p(&format!("/reports/pstn-usage?{period}&user=nobody@example.com&format=csv")), &s.reader).await;
+    assert_eq!(bad.status, 404);
+    let probe = app.get(&p(&format!("/reports/summary?{period}")), &other.admin).await;
+    assert_eq!((probe.status, probe.code().as_str()), (404, "not_found"));
 }
