@@ -134,6 +134,31 @@ pub(crate) fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// A mutating request: what idempotency keys and fingerprints are made of. Extracted
+/// last (it takes the body); malformed bodies are 4xx problems.
+pub struct Mutation {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: axum::body::Bytes,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Mutation {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
+        let Body(body) = Body::from_request(req, state).await?;
+        Ok(Mutation { method, uri, headers, body })
+    }
+}
+
+impl Mutation {
+    fn req(&self) -> Req<'_> {
+        Req { method: &self.method, uri: &self.uri, headers: &self.headers, body: &self.body }
+    }
+}
+
 /// The request as the idempotency wrapper sees it.
 pub(crate) struct Req<'a> {
     pub method: &'a Method,
@@ -211,19 +236,12 @@ pub struct CreateOrg {
 
 #[utoipa::path(post, path = "/v1/orgs", tag = "organizations", request_body = CreateOrg,
     responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn create_org(
-    State(app): AppState,
-    Auth(p): Auth,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn create_org(State(app): AppState, Auth(p): Auth, m: Mutation) -> ApiResult {
     check_platform(&p, Role::Operator)?;
-    let r: CreateOrg = parse(&body)?;
+    let r: CreateOrg = parse(&m.body)?;
     let cmd =
         Command::CreateOrg { name: r.name, currency: r.currency, country: r.country, emails: r.notification_emails };
-    mutate(&app, "", Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, "", m.req(), cmd).await
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}", tag = "organizations", params(("org" = String, Path)),
@@ -247,17 +265,9 @@ pub struct CreateUser {
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/users", tag = "users", params(("org" = String, Path)), request_body = CreateUser,
     responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn create_user(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn create_user(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Licenses)?;
-    let r: CreateUser = parse(&body)?;
+    let r: CreateUser = parse(&m.body)?;
     let cmd = Command::CreateUser {
         org: org.clone(),
         upn: r.upn,
@@ -265,7 +275,7 @@ pub async fn create_user(
         usage_location: r.usage_location,
         phone_number: r.phone_number,
     };
-    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, &org, m.req(), cmd).await
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/users", tag = "users", params(("org" = String, Path), PageQuery),
@@ -313,13 +323,10 @@ pub async fn patch_user(
     State(app): AppState,
     Auth(p): Auth,
     Path((org, user)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
+    m: Mutation,
 ) -> ApiResult {
     check_org(&p, &org, Need::Licenses)?;
-    let r: PatchUser = parse(&body)?;
+    let r: PatchUser = parse(&m.body)?;
     let spend_limit = match r.spend_limit {
         Some(Some(minor)) => Some(Some(major(&org_currency(&app, &org).await?, minor, "spend_limit")?)),
         Some(None) => Some(None),
@@ -334,7 +341,7 @@ pub async fn patch_user(
         conference_dial_out: r.conference_dial_out_policy,
         spend_limit,
     });
-    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, &org, m.req(), cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -346,24 +353,10 @@ pub struct AddSubscription {
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/subscriptions", tag = "licenses", params(("org" = String, Path)), request_body = AddSubscription,
     responses((status = 200, description = "the new total", body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn add_subscription(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn add_subscription(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Billing)?;
-    let r: AddSubscription = parse(&body)?;
-    mutate(
-        &app,
-        &org,
-        Req { method: &method, uri: &uri, headers: &headers, body: &body },
-        Command::AddSubscription { org: org.clone(), sku: r.sku, quantity: r.quantity },
-    )
-    .await
+    let r: AddSubscription = parse(&m.body)?;
+    mutate(&app, &org, m.req(), Command::AddSubscription { org: org.clone(), sku: r.sku, quantity: r.quantity }).await
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/subscriptions", tag = "licenses", params(("org" = String, Path)),
@@ -391,15 +384,12 @@ pub async fn set_licenses(
     State(app): AppState,
     Auth(p): Auth,
     Path((org, user)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
+    m: Mutation,
 ) -> ApiResult {
     check_org(&p, &org, Need::Licenses)?;
-    let r: SetLicenses = parse(&body)?;
+    let r: SetLicenses = parse(&m.body)?;
     let cmd = Command::SetLicenses { org: org.clone(), user: user.clone(), skus: r.skus };
-    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, &org, m.req(), cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -411,27 +401,13 @@ pub struct AssignLicenses {
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/licenses/assign", tag = "licenses", params(("org" = String, Path)), request_body = AssignLicenses,
     responses((status = 200, description = "users now holding the SKU", body = Object), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn assign_licenses(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn assign_licenses(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Licenses)?;
-    let r: AssignLicenses = parse(&body)?;
+    let r: AssignLicenses = parse(&m.body)?;
     if r.user_ids.len() > MAX_BULK_USERS {
         return Err(err(ErrorCode::InvalidInput, format!("at most {MAX_BULK_USERS} users per assignment")));
     }
-    mutate(
-        &app,
-        &org,
-        Req { method: &method, uri: &uri, headers: &headers, body: &body },
-        Command::AssignLicense { org: org.clone(), sku: r.sku, users: r.user_ids },
-    )
-    .await
+    mutate(&app, &org, m.req(), Command::AssignLicense { org: org.clone(), sku: r.sku, users: r.user_ids }).await
 }
 
 // ---------------------------------------------------------------- numbers and pools
@@ -447,21 +423,13 @@ pub struct AddNumber {
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/numbers", tag = "numbers", params(("org" = String, Path)), request_body = AddNumber,
     responses((status = 201, body = Created), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn add_number(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn add_number(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Licenses)?;
-    let r: AddNumber = parse(&body)?;
+    let r: AddNumber = parse(&m.body)?;
     mutate(
         &app,
         &org,
-        Req { method: &method, uri: &uri, headers: &headers, body: &body },
+        m.req(),
         Command::AddNumber { org: org.clone(), number: r.number, kind: r.kind, user: r.user_id },
     )
     .await
@@ -519,13 +487,10 @@ pub async fn add_payment_method(
     State(app): AppState,
     Auth(p): Auth,
     Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
+    m: Mutation,
 ) -> ApiResult {
     check_org(&p, &org, Need::Billing)?;
-    let r: AddPaymentMethod = parse(&body)?;
+    let r: AddPaymentMethod = parse(&m.body)?;
     let cmd = match (r.kind.as_str(), r.card, r.agreement_number) {
         ("card", Some(c), None) => {
             let engine = app.engine.clone();
@@ -543,7 +508,7 @@ pub async fn add_payment_method(
         }
     };
     // The fingerprint covers the body; the card number itself is never stored.
-    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, &org, m.req(), cmd).await
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/payment-methods", tag = "credits", params(("org" = String, Path), PageQuery),
@@ -578,17 +543,9 @@ pub struct AddFunds {
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/credits/funds", tag = "credits", params(("org" = String, Path)), request_body = AddFunds,
     responses((status = 201, body = OrderView), (status = 402, description = "payment refused", body = Problem), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn add_funds(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn add_funds(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Billing)?;
-    let r: AddFunds = parse(&body)?;
+    let r: AddFunds = parse(&m.body)?;
     if r.amount <= 0 {
         return Err(err(ErrorCode::InvalidAmount, "amount must be a positive number of minor units"));
     }
@@ -600,7 +557,7 @@ pub async fn add_funds(
         po_number: r.po_number,
         purchased_at: None,
     };
-    let cmd = Req { method: &method, uri: &uri, headers: &headers, body: &body }.wrap(&org, cmd)?;
+    let cmd = m.req().wrap(&org, cmd)?;
     let engine = app.engine.clone();
     blocking(move || {
         let now = Timestamp::now();
@@ -649,17 +606,9 @@ pub struct SetAutoRecharge {
 
 #[utoipa::path(put, path = "/v1/orgs/{org}/credits/auto-recharge", tag = "credits", params(("org" = String, Path)), request_body = SetAutoRecharge,
     responses((status = 200, body = CreditsView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn set_auto_recharge(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn set_auto_recharge(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Billing)?;
-    let r: SetAutoRecharge = parse(&body)?;
+    let r: SetAutoRecharge = parse(&m.body)?;
     let cur = org_currency(&app, &org).await?;
     let amount = r.amount.map(|a| major(&cur, a, "amount")).transpose()?;
     let threshold = r.threshold.map(|t| major(&cur, t, "threshold")).transpose()?;
@@ -671,7 +620,7 @@ pub async fn set_auto_recharge(
         payment_method_id: r.payment_method_id,
     };
     // The answer, the credits as the change left them, is rendered in the transaction.
-    mutate(&app, &org, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    mutate(&app, &org, m.req(), cmd).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -765,16 +714,9 @@ fn check_call_control(p: &commcredits_engine::keys::Principal) -> ApiResult<()> 
 
 #[utoipa::path(post, path = "/v1/calls/authorize", tag = "calls", request_body = AuthorizeBody,
     responses((status = 200, body = AuthorizeView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn authorize(
-    State(app): AppState,
-    Auth(p): Auth,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn authorize(State(app): AppState, Auth(p): Auth, m: Mutation) -> ApiResult {
     check_call_control(&p)?;
-    let r: AuthorizeBody = parse(&body)?;
+    let r: AuthorizeBody = parse(&m.body)?;
     let org = r.org_id.clone();
     let key = format!("authorize:{}", r.call_id);
     let cmd = Command::Authorize(AuthorizeRequest {
@@ -786,7 +728,7 @@ pub async fn authorize(
         to: r.to,
         requested_seconds: r.requested_seconds,
     });
-    call_command(&app, &org, Some(key), Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    call_command(&app, &org, Some(key), m.req(), cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -802,17 +744,9 @@ pub struct UpdateBody {
 
 #[utoipa::path(post, path = "/v1/calls/{call_id}/update", tag = "calls", params(("call_id" = String, Path)), request_body = UpdateBody,
     responses((status = 200, body = UpdateView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn update(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(call_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn update(State(app): AppState, Auth(p): Auth, Path(call_id): Path<String>, m: Mutation) -> ApiResult {
     check_call_control(&p)?;
-    let r: UpdateBody = parse(&body)?;
+    let r: UpdateBody = parse(&m.body)?;
     let org = r.org_id.clone();
     let key = format!("update:{call_id}:{}:{}", r.used_seconds, r.requested_seconds);
     let cmd = Command::Update {
@@ -821,7 +755,7 @@ pub async fn update(
         used_seconds: r.used_seconds,
         requested_seconds: r.requested_seconds,
     };
-    call_command(&app, &org, Some(key), Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    call_command(&app, &org, Some(key), m.req(), cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -833,38 +767,22 @@ pub struct EndBody {
 
 #[utoipa::path(post, path = "/v1/calls/{call_id}/end", tag = "calls", params(("call_id" = String, Path)), request_body = EndBody,
     responses((status = 200, body = EndView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn end(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(call_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn end(State(app): AppState, Auth(p): Auth, Path(call_id): Path<String>, m: Mutation) -> ApiResult {
     check_call_control(&p)?;
-    let r: EndBody = parse(&body)?;
+    let r: EndBody = parse(&m.body)?;
     let org = r.org_id.clone();
     // A repeated end answers the first result by itself.
     let cmd = Command::End { org: r.org_id, call_id, duration_seconds: r.duration_seconds };
-    call_command(&app, &org, None, Req { method: &method, uri: &uri, headers: &headers, body: &body }, cmd).await
+    call_command(&app, &org, None, m.req(), cmd).await
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/cdrs", tag = "calls", params(("org" = String, Path)),
     request_body(content = String, content_type = "text/csv", description = "call_id,type,user,from,to,start_time,duration_seconds"),
     responses((status = 200, body = ImportReport), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn import_cdrs(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn import_cdrs(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::AdminOrCallControl)?;
-    let key = idem_key(&headers)?;
-    let fp = fingerprint(&method, &uri, &body);
+    let key = idem_key(&m.headers)?;
+    let fp = fingerprint(&m.method, &m.uri, &m.body);
     let engine = app.engine.clone();
     blocking(move || {
         // Platform keys name the organization in the path: check it exists.
@@ -879,8 +797,9 @@ pub async fn import_cdrs(
             }
         }
         // Each row is charged at most once (by call id), so the file can be sent again.
-        let result =
-            engine.import_cdrs(&org, &body[..], now, &mut |_| {}).map(|r| serde_json::to_value(&r).unwrap_or_default());
+        let result = engine
+            .import_cdrs(&org, &m.body[..], now, &mut |_| {})
+            .map(|r| serde_json::to_value(&r).unwrap_or_default());
         let (status, json) = match &result {
             Ok(v) => (200, v.clone()),
             Err(e) => (e.code.http_status(), problem(e)),
@@ -907,22 +826,13 @@ pub async fn import_rates(
     State(app): AppState,
     Auth(p): Auth,
     Path((kind, currency)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
+    m: Mutation,
 ) -> ApiResult {
     check_platform(&p, Role::Operator)?;
     let kind = DeckKind::parse(&kind)?;
-    let csv =
-        String::from_utf8(body.to_vec()).map_err(|_| err(ErrorCode::InvalidRateDeck, "the deck must be UTF-8 text"))?;
-    mutate(
-        &app,
-        "",
-        Req { method: &method, uri: &uri, headers: &headers, body: &body },
-        Command::ImportRates { kind, currency, csv },
-    )
-    .await
+    let csv = String::from_utf8(m.body.to_vec())
+        .map_err(|_| err(ErrorCode::InvalidRateDeck, "the deck must be UTF-8 text"))?;
+    mutate(&app, "", m.req(), Command::ImportRates { kind, currency, csv }).await
 }
 
 // ---------------------------------------------------------------- notices: settings, webhooks, deliveries
@@ -957,13 +867,10 @@ pub async fn put_notification_settings(
     State(app): AppState,
     Auth(p): Auth,
     Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
+    m: Mutation,
 ) -> ApiResult {
     check_org(&p, &org, Need::Billing)?;
-    let r: NotificationSettingsBody = parse(&body)?;
+    let r: NotificationSettingsBody = parse(&m.body)?;
     let low_balance = match r.low_balance_level {
         Some(Some(minor)) => Some(Some(major(&org_currency(&app, &org).await?, minor, "low_balance_level")?)),
         Some(None) => Some(None),
@@ -991,7 +898,7 @@ pub async fn put_notification_settings(
         suspended: None,
         disabled_notices,
     };
-    let cmd = Req { method: &method, uri: &uri, headers: &headers, body: &body }.wrap(&org, cmd)?;
+    let cmd = m.req().wrap(&org, cmd)?;
     let engine = app.engine.clone();
     blocking(move || {
         let result = engine.apply_one(Timestamp::now(), cmd);
@@ -1014,24 +921,10 @@ pub struct AddWebhook {
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks", tag = "notices", params(("org" = String, Path)), request_body = AddWebhook,
     responses((status = 201, body = NewWebhook), (status = "4XX", body = Problem)), security(("api_key" = [])))]
-pub async fn add_webhook(
-    State(app): AppState,
-    Auth(p): Auth,
-    Path(org): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult {
+pub async fn add_webhook(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Admin)?;
-    let r: AddWebhook = parse(&body)?;
-    mutate(
-        &app,
-        &org,
-        Req { method: &method, uri: &uri, headers: &headers, body: &body },
-        Command::AddWebhook { org: org.clone(), url: r.url },
-    )
-    .await
+    let r: AddWebhook = parse(&m.body)?;
+    mutate(&app, &org, m.req(), Command::AddWebhook { org: org.clone(), url: r.url }).await
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks", tag = "notices", params(("org" = String, Path)),
@@ -1052,18 +945,10 @@ pub async fn delete_webhook(
     State(app): AppState,
     Auth(p): Auth,
     Path((org, webhook)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    m: Mutation,
 ) -> ApiResult {
     check_org(&p, &org, Need::Admin)?;
-    mutate(
-        &app,
-        &org,
-        Req { method: &method, uri: &uri, headers: &headers, body: &[] },
-        Command::DeleteWebhook { org: org.clone(), webhook_id: webhook },
-    )
-    .await
+    mutate(&app, &org, m.req(), Command::DeleteWebhook { org: org.clone(), webhook_id: webhook }).await
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{webhook}/test", tag = "notices", params(("org" = String, Path), ("webhook" = String, Path)),
