@@ -65,12 +65,13 @@ fn main() {
 // Child: one measured phase, figures on stdout as `figure key=value ...`.
 // ---------------------------------------------------------------------------------
 
-/// The process's peak resident set (`VmHWM`), in KiB.
-fn vm_hwm_kib() -> u64 {
+/// A memory figure of this process from /proc/self/status (`VmHWM`: peak resident set;
+/// `RssAnon`, `RssFile`, `RssShmem`: what is resident now), in KiB.
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -84,7 +85,7 @@ fn child(phase: &str) {
     let org = var(ORG);
     let engine = Engine::open(&var(DB)).expect("open the database");
     // What the process holds before the phase: the engine, its catalog and rate decks.
-    let base = vm_hwm_kib();
+    let base = status_kib("VmHWM");
     let start = Instant::now();
     let mut figures = match phase {
         "import" => {
@@ -131,7 +132,13 @@ fn child(phase: &str) {
         }
         other => panic!("unknown phase '{other}'"),
     };
-    figures.push_str(&format!(" base_kib={base} hwm_kib={}", vm_hwm_kib()));
+    figures.push_str(&format!(
+        " base_kib={base} hwm_kib={} anon_kib={} file_kib={} shmem_kib={}",
+        status_kib("VmHWM"),
+        status_kib("RssAnon"),
+        status_kib("RssFile"),
+        status_kib("RssShmem")
+    ));
     println!("figure {figures}");
 }
 
@@ -278,8 +285,6 @@ fn run_phase(phase: &str, dir: &Path, db: &str, org: &str, timeout: Duration) ->
         .env(DB, db)
         .env(ORG, org)
         .env(DIR, dir)
-        // The .xlsx writer's constant-memory temp files and SQLite's go to the bench dir.
-        .env("TMPDIR", dir)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(Stdio::inherit())
@@ -473,6 +478,14 @@ fn parent() {
             None => "peak memory not measured".into(),
         };
         verdicts.push(format!("{label}: {speed}; {memory}"));
+        if let (Some(a), Some(f), Some(s)) = (run.num("anon_kib"), run.num("file_kib"), run.num("shmem_kib")) {
+            verdicts.push(format!(
+                "    resident at the end of the phase: {:.1} MB anonymous (heap), {:.1} MB file-backed, {:.1} MB shmem",
+                a * 1024.0 / 1e6,
+                f * 1024.0 / 1e6,
+                s * 1024.0 / 1e6
+            ));
+        }
         for note in &run.notes {
             verdicts.push(format!("    {label} said: {note}"));
         }
