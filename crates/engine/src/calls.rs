@@ -352,7 +352,8 @@ pub(crate) fn authorize_at(
 ) -> Result<(AuthorizeView, Option<ReservationRow>)> {
     let mut books = Books::load(tx, &req.org, now, fx)?;
     validate_call_id(&req.call_id)?;
-    if tx.get_reservation(&req.org, &req.call_id)?.is_some() || tx.get_cdr(&req.org, &req.call_id)?.is_some() {
+    // Every CDR, real-time or imported, has its reservation: one lookup tells.
+    if tx.get_reservation(&req.org, &req.call_id)?.is_some() {
         return Err(err!(
             ErrorCode::DuplicateCallId,
             "call id '{}' was already used in this organization",
