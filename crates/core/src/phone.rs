@@ -38,8 +38,34 @@ pub struct E164 {
     country: Option<Country>,
 }
 
+/// Numbers already validated on this thread: libphonenumber's validation costs far
+/// more than a lookup, and call traffic repeats numbers. Bounded; cleared when full.
+const PARSE_CACHE_LIMIT: usize = 4_096;
+
+thread_local! {
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<E164>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 impl E164 {
+    /// Parses and validates a number (memoized per thread: the same text always gives
+    /// the same answer).
     pub fn parse(text: &str) -> Result<E164> {
+        if let Some(hit) = PARSED.with(|c| c.borrow().get(text).cloned()) {
+            return hit;
+        }
+        let parsed = E164::parse_uncached(text);
+        PARSED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= PARSE_CACHE_LIMIT {
+                c.clear();
+            }
+            c.insert(text.to_string(), parsed.clone());
+        });
+        parsed
+    }
+
+    fn parse_uncached(text: &str) -> Result<E164> {
         let t = text.trim();
         let compact: String = t.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.')).collect();
         let Some(rest) = compact.strip_prefix('+') else {
