@@ -348,6 +348,9 @@ impl Engine {
             format!("#,##0.{decimals} \"{}\"", currency.code())
         };
         let mut wb = Workbook::new();
+        // The fastest deflate level: compression was 40% of the export's time, and the
+        // file is only somewhat larger.
+        wb.set_zip_compression_level(1);
         let bold = Format::new().set_bold();
         let date = Format::new().set_num_format("yyyy-mm-dd hh:mm:ss");
         let money = Format::new().set_num_format(money_format);

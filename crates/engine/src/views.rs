@@ -8,9 +8,41 @@ use commcredits_core::Timestamp;
 use commcredits_store::*;
 use serde::Serialize;
 
-/// RFC 3339 in UTC to the second, as the API prints times.
+/// RFC 3339 in UTC to the second, as the API prints times. Computed directly from the
+/// Unix seconds (days to civil date, Hinnant's algorithm): reports format two times
+/// per row, and this is several times faster than a general formatter.
 pub fn iso(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let secs = t.as_second();
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod iso_tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_general_formatter() {
+        let mut x: i64 = 0x1234_5678;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let secs = x.rem_euclid(253_402_300_799 + 62_135_596_800) - 62_135_596_800;
+            let t = Timestamp::from_second(secs).unwrap();
+            assert_eq!(iso(t), t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), "{secs}");
+        }
+        for s in ["2024-02-29T23:59:59Z", "1970-01-01T00:00:00Z", "2000-03-01T00:00:00Z", "1969-12-31T23:59:59Z"] {
+            assert_eq!(iso(s.parse().unwrap()), s);
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
