@@ -40,7 +40,7 @@ pub struct E164 {
 
 /// Numbers already validated on this thread: libphonenumber's validation costs far
 /// more than a lookup, and call traffic repeats numbers. Bounded; cleared when full.
-const PARSE_CACHE_LIMIT: usize = 4_096;
+const PARSE_CACHE_LIMIT: usize = 1_024;
 
 thread_local! {
     static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<E164>>> =
