@@ -276,8 +276,7 @@ pub(crate) fn record(
         }
     }
     tx.update_delivery(&d)?;
-    let all: Vec<DeliveryRow> =
-        tx.list_deliveries(org_id)?.into_iter().filter(|x| x.notice_id == d.notice_id).collect();
+    let all = tx.notice_deliveries(org_id, &d.notice_id)?;
     let status = if all.iter().any(|x| x.status == "failed") {
         "failed"
     } else if all.iter().all(|x| x.status == "sent") {

@@ -493,6 +493,8 @@ pub fn webhooks_and_deliveries(open: Factory) {
     assert!(read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:04:59Z"), None, 10)).is_empty());
     assert_eq!(read(&*s, |tx| tx.get_delivery("o1", "d1")), Some(d.clone()));
     assert_eq!(read(&*s, |tx| tx.list_deliveries("o1")), vec![d.clone()]);
+    assert_eq!(read(&*s, |tx| tx.notice_deliveries("o1", "n1")), vec![d.clone()]);
+    assert!(read(&*s, |tx| tx.notice_deliveries("o1", "n2")).is_empty());
     assert_eq!(read(&*s, |tx| tx.get_notice("o1", "n1")).unwrap().status, "failed");
     d.status = "failed".into();
     write(&*s, |tx| tx.update_delivery(&d)).unwrap();

@@ -152,6 +152,8 @@ pub trait Tx {
     fn get_delivery(&mut self, org_id: &str, delivery_id: &str) -> Result<Option<DeliveryRow>>;
     /// Deliveries of an organization, oldest first.
     fn list_deliveries(&mut self, org_id: &str) -> Result<Vec<DeliveryRow>>;
+    /// Deliveries of one notice.
+    fn notice_deliveries(&mut self, org_id: &str, notice_id: &str) -> Result<Vec<DeliveryRow>>;
     /// Pending deliveries whose next attempt is due, oldest due first; of one channel
     /// only when `channel` is given.
     fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>>;

@@ -1333,6 +1333,15 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
+    fn notice_deliveries(&mut self, org_id: &str, notice_id: &str) -> Result<Vec<DeliveryRow>> {
+        self.many(
+            "notice deliveries",
+            &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE org_id = ?1 AND notice_id = ?2 ORDER BY created_at, delivery_id"),
+            [org_id, notice_id],
+            delivery_row,
+        )
+    }
+
     fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>> {
         self.many(
             "due deliveries",
