@@ -60,47 +60,46 @@ pub(crate) fn open_pools(engine: &Engine, tx: &mut dyn Tx, org_id: &str, now: Ti
 }
 
 impl Engine {
+    /// Applies one command per item a bounded scan finds, round after round, until the
+    /// scan finds nothing or a round changes nothing; returns what the commands counted.
+    fn drain(
+        &self,
+        now: Timestamp,
+        mut scan: impl FnMut(&mut dyn Tx) -> Result<Vec<(String, String)>>,
+        command: impl Fn(String, String) -> Command,
+    ) -> Result<usize> {
+        let mut total = 0;
+        for _ in 0..MAX_ROUNDS {
+            let due = self.read(&mut scan)?;
+            if due.is_empty() {
+                break;
+            }
+            let n = count(self.apply(now, due.into_iter().map(|(org, id)| command(org, id)).collect())?);
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
     /// Runs every background job that is due at `now`.
     pub fn run_jobs(&self, now: Timestamp) -> Result<JobReport> {
         let mut r = JobReport::default();
         // Timeouts first: settling releases earmarks on lots that may expire next.
-        for _ in 0..MAX_ROUNDS {
-            let due = self.read(|tx| tx.due_reservations(now, JOB_BATCH))?;
-            if due.is_empty() {
-                break;
-            }
-            let cmds = due.into_iter().map(|(org, call_id)| Command::TimeoutReservation { org, call_id }).collect();
-            let n = count(self.apply(now, cmds)?);
-            r.reservations_expired += n;
-            if n == 0 {
-                break;
-            }
-        }
-        for _ in 0..MAX_ROUNDS {
-            let due = self.read(|tx| tx.due_lots(now, JOB_BATCH))?;
-            if due.is_empty() {
-                break;
-            }
-            let cmds = due.into_iter().map(|(org, lot_id)| Command::ExpireLot { org, lot_id }).collect();
-            let n = count(self.apply(now, cmds)?);
-            r.lots_expired += n;
-            if n == 0 {
-                break;
-            }
-        }
+        r.reservations_expired = self.drain(
+            now,
+            |tx| tx.due_reservations(now, JOB_BATCH),
+            |org, call_id| Command::TimeoutReservation { org, call_id },
+        )?;
+        r.lots_expired =
+            self.drain(now, |tx| tx.due_lots(now, JOB_BATCH), |org, lot_id| Command::ExpireLot { org, lot_id })?;
         let horizon = now + jiff::SignedDuration::from_hours(24 * self.config.expiring_notice_days);
-        for _ in 0..MAX_ROUNDS {
-            let due = self.read(|tx| tx.lots_expiring_before(horizon, JOB_BATCH))?;
-            if due.is_empty() {
-                break;
-            }
-            let cmds = due.into_iter().map(|(org, lot_id)| Command::NotifyExpiring { org, lot_id }).collect();
-            let n = count(self.apply(now, cmds)?);
-            r.expiring_notices += n;
-            if n == 0 {
-                break;
-            }
-        }
+        r.expiring_notices = self.drain(
+            now,
+            |tx| tx.lots_expiring_before(horizon, JOB_BATCH),
+            |org, lot_id| Command::NotifyExpiring { org, lot_id },
+        )?;
         let orgs = self.read(|tx| tx.list_orgs())?;
         for chunk in orgs.chunks(JOB_BATCH) {
             let cmds = chunk.iter().map(|o| Command::OpenPools { org: o.org_id.clone() }).collect();
