@@ -85,32 +85,37 @@ impl Engine {
 
     /// Runs every background job that is due at `now`.
     pub fn run_jobs(&self, now: Timestamp) -> Result<JobReport> {
-        let mut r = JobReport::default();
         // Timeouts first: settling releases earmarks on lots that may expire next.
-        r.reservations_expired = self.drain(
+        let reservations_expired = self.drain(
             now,
             |tx| tx.due_reservations(now, JOB_BATCH),
             |org, call_id| Command::TimeoutReservation { org, call_id },
         )?;
-        r.lots_expired =
+        let lots_expired =
             self.drain(now, |tx| tx.due_lots(now, JOB_BATCH), |org, lot_id| Command::ExpireLot { org, lot_id })?;
         let horizon = now + jiff::SignedDuration::from_hours(24 * self.config.expiring_notice_days);
-        r.expiring_notices = self.drain(
+        let expiring_notices = self.drain(
             now,
             |tx| tx.lots_expiring_before(horizon, JOB_BATCH),
             |org, lot_id| Command::NotifyExpiring { org, lot_id },
         )?;
+        let mut pools_opened = 0;
         let orgs = self.read(|tx| tx.list_orgs())?;
         for chunk in orgs.chunks(JOB_BATCH) {
             let cmds = chunk.iter().map(|o| Command::OpenPools { org: o.org_id.clone() }).collect();
-            r.pools_opened += count(self.apply(now, cmds)?);
+            pools_opened += count(self.apply(now, cmds)?);
         }
         // Orders left pending by a crash between placing and charging them.
         let pending = self.read(|tx| tx.pending_orders(JOB_BATCH))?;
-        for (org, order) in pending {
-            self.charge_order(&org, &order, now)?;
-            r.orders_charged += 1;
+        for (org, order) in &pending {
+            self.charge_order(org, order, now)?;
         }
-        Ok(r)
+        Ok(JobReport {
+            lots_expired,
+            reservations_expired,
+            expiring_notices,
+            pools_opened,
+            orders_charged: pending.len(),
+        })
     }
 }
