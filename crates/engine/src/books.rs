@@ -359,6 +359,24 @@ impl Books {
     }
 }
 
+/// The error a failed order answers with: its failure reason as a stable code.
+pub fn failed_order_error(order: &OrderRow) -> Option<commcredits_core::Error> {
+    if order.status != "failed" {
+        return None;
+    }
+    let code = match order.failure_reason.as_deref() {
+        Some("expired_card") => ErrorCode::ExpiredCard,
+        Some("unknown_payment_method") => ErrorCode::PaymentMethodNotFound,
+        _ => ErrorCode::PaymentDeclined,
+    };
+    Some(err!(
+        code,
+        "payment failed ({}); order {} is recorded as failed",
+        order.failure_reason.as_deref().unwrap_or("declined"),
+        order.order_id
+    ))
+}
+
 fn min_purchase_minor(engine: &Engine, cur: Currency) -> i64 {
     engine.config.min_purchase_major * 10i64.pow(cur.exponent())
 }
@@ -662,18 +680,8 @@ impl Engine {
         };
         // `apply` already sent it to the gateway; read the result.
         let order = self.read(|tx| tx.get_order(org_id, &placed.id))?.ok_or_else(|| internal("order vanished"))?;
-        if order.status == "failed" {
-            let code = match order.failure_reason.as_deref() {
-                Some("expired_card") => ErrorCode::ExpiredCard,
-                Some("unknown_payment_method") => ErrorCode::PaymentMethodNotFound,
-                _ => ErrorCode::PaymentDeclined,
-            };
-            return Err(err!(
-                code,
-                "payment failed ({}); order {} is recorded as failed",
-                order.failure_reason.as_deref().unwrap_or("declined"),
-                order.order_id
-            ));
+        if let Some(e) = failed_order_error(&order) {
+            return Err(e);
         }
         Ok(OrderView::from(&order))
     }

@@ -574,19 +574,10 @@ pub async fn add_funds(State(app): AppState, Auth(p): Auth, Path(org): Path<Stri
         // between placing and charging sees the pending order charged by `jobs run`).
         let order = engine.read(|tx| tx.get_order(&org, &id))?;
         Ok(match order {
-            Some(o) if o.status == "failed" => {
-                let code = match o.failure_reason.as_deref() {
-                    Some("expired_card") => ErrorCode::ExpiredCard,
-                    Some("unknown_payment_method") => ErrorCode::PaymentMethodNotFound,
-                    _ => ErrorCode::PaymentDeclined,
-                };
-                let e = commcredits_core::Error::new(
-                    code,
-                    format!("payment refused ({}); order {} is recorded as failed", code, o.order_id),
-                );
-                json_response(code.http_status(), problem(&e))
-            }
-            Some(o) => json_response(201, serde_json::to_value(OrderView::from(&o)).unwrap_or_default()),
+            Some(o) => match commcredits_engine::books::failed_order_error(&o) {
+                Some(e) => json_response(e.code.http_status(), problem(&e)),
+                None => json_response(201, serde_json::to_value(OrderView::from(&o)).unwrap_or_default()),
+            },
             None => answer(&result),
         })
     })
