@@ -2,7 +2,7 @@
 //! request can be granted from plan minutes and credits, and what a call costs at
 //! settlement. Pure functions over values the caller loaded.
 
-use crate::catalog::{Catalog, DeckKind, PoolKind, PoolScope, Rate, Sku};
+use crate::catalog::{Catalog, PoolKind, PoolScope, Rate, Sku};
 use crate::err;
 use crate::error::{ErrorCode, Result};
 use crate::money::Currency;
@@ -183,9 +183,6 @@ pub struct CallUser {
 /// Where a call is rated and which plan pool may pay for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub deck: DeckKind,
-    /// The number whose prefix selects the rate (the destination, or the caller for toll-free).
-    pub rated_number: E164,
     pub pool: Option<PoolKey>,
     /// Whether credits may pay (Err carries the reason to give when nothing else can).
     pub credits: std::result::Result<(), DenyReason>,
@@ -204,14 +201,9 @@ pub fn route(
 ) -> std::result::Result<Route, DenyReason> {
     match call_type {
         CallType::TollFreeInbound => {
-            let caller = from.ok_or(DenyReason::UnknownNumber)?;
-            Ok(Route {
-                deck: DeckKind::TollFree,
-                rated_number: caller.clone(),
-                pool: None,
-                credits: Ok(()),
-                domestic: false,
-            })
+            // The caller is rated (toll-free deck by caller prefix): there must be one.
+            from.ok_or(DenyReason::UnknownNumber)?;
+            Ok(Route { pool: None, credits: Ok(()), domestic: false })
         }
         CallType::Outbound => {
             let u = user.ok_or(DenyReason::UnknownUser)?;
@@ -225,13 +217,7 @@ pub fn route(
             let has_plan = catalog.skus_feeding(kind).iter().any(|s| u.licenses.contains(s))
                 && catalog.allowance(scope, kind) > 0
                 && !premium;
-            Ok(Route {
-                deck: DeckKind::Outbound,
-                rated_number: to.clone(),
-                pool: has_plan.then_some(PoolKey { scope, kind }),
-                credits: credits_for(u),
-                domestic,
-            })
+            Ok(Route { pool: has_plan.then_some(PoolKey { scope, kind }), credits: credits_for(u), domestic })
         }
         CallType::ConferenceDialOut => {
             let u = user.ok_or(DenyReason::UnknownUser)?;
@@ -245,8 +231,6 @@ pub fn route(
             let zone_a = to.country().is_some_and(|c| catalog.is_zone_a(c));
             let has_plan = zone_a && !premium && catalog.allowance(PoolScope::Org, kind) > 0;
             Ok(Route {
-                deck: DeckKind::DialOut,
-                rated_number: to.clone(),
                 pool: has_plan.then_some(PoolKey { scope: PoolScope::Org, kind }),
                 credits: credits_for(u),
                 domestic,

@@ -52,15 +52,11 @@ pub(crate) struct PoolState {
     pub row: PoolUsageRow,
 }
 
-pub(crate) fn validate_call_id(call_id: &str) -> Result<()> {
+fn validate_call_id(call_id: &str) -> Result<()> {
     if call_id.is_empty() || call_id.len() > 128 || !call_id.chars().all(|c| c.is_ascii_graphic()) {
         return Err(err!(ErrorCode::InvalidInput, "call id must be 1 to 128 printable characters without spaces"));
     }
     Ok(())
-}
-
-fn pool_kind_str(k: PoolKind) -> &'static str {
-    k.as_str()
 }
 
 /// The size of a pool this month: licensed users (of the country) × allowance.
@@ -83,7 +79,7 @@ pub(crate) fn load_pool(
 ) -> Result<PoolState> {
     let size = pool_size(engine, tx, org_id, key)?;
     let row = tx
-        .get_pool_usage(org_id, month.0, key.scope.as_str(), pool_kind_str(key.kind))?
+        .get_pool_usage(org_id, month.0, key.scope.as_str(), key.kind.as_str())?
         .unwrap_or_else(|| PoolUsageRow::empty(org_id, key.scope.as_str(), key.kind.as_str(), month.0));
     Ok(PoolState { key, size, row })
 }
@@ -351,7 +347,6 @@ pub(crate) fn authorize_at(
     fx: &mut Effects,
 ) -> Result<(AuthorizeView, Option<ReservationRow>)> {
     let mut books = Books::load(tx, &req.org, now, fx)?;
-    validate_call_id(&req.call_id)?;
     // Every CDR, real-time or imported, has its reservation: one lookup tells.
     if tx.get_reservation(&req.org, &req.call_id)?.is_some() {
         return Err(err!(
@@ -479,20 +474,13 @@ fn reprice(engine: &Engine, tx: &mut dyn Tx, org: &OrgRow, res: &ReservationRow)
         _ => None,
     };
     let rate = rate_of(res)?;
-    let rated = E164::parse(if res.call_type == "toll_free_inbound" { &res.from_number } else { &res.to_number }).ok();
     Ok(Priced {
         call_type: CallType::parse(&res.call_type)?,
         user,
         from: res.from_number.clone(),
         to: res.to_number.clone(),
         emergency: res.emergency,
-        route: rated.map(|n| Route {
-            deck: commcredits_core::catalog::DeckKind::Outbound,
-            rated_number: n,
-            pool: pool.as_ref().map(|p| p.key),
-            credits,
-            domestic: res.domestic,
-        }),
+        route: Some(Route { pool: pool.as_ref().map(|p| p.key), credits, domestic: res.domestic }),
         rate,
         pool,
         spend,

@@ -79,7 +79,6 @@ pub(crate) fn import_one(
     now: Timestamp,
     fx: &mut Effects,
 ) -> Result<Outcome> {
-    crate::calls::validate_call_id(&rec.call_id)?;
     // Every charged call has its reservation (imports make one too): one lookup tells.
     if tx.get_reservation(&rec.org, &rec.call_id)?.is_some() {
         return Ok(Outcome::Duplicate { call_id: rec.call_id.clone() });
