@@ -574,3 +574,37 @@ fn usage_reported_lower_than_before_is_ignored() {
     assert_eq!(cdr.duration_seconds, 200);
     check(&e, &o.id);
 }
+
+#[test]
+fn an_order_left_pending_by_a_crash_is_charged_once_by_the_jobs() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    // The process died after committing the order and before asking the gateway.
+    let order = commcredits_store::OrderRow {
+        org_id: o.id.clone(),
+        order_id: "ord-crash".into(),
+        kind: "purchase".into(),
+        amount_minor: 7500,
+        currency: "USD".into(),
+        payment_method_id: o.card.clone(),
+        po_number: None,
+        status: "pending".into(),
+        failure_reason: None,
+        lot_id: None,
+        created_at: now,
+        completed_at: None,
+    };
+    e.store().write(&mut |tx| tx.insert_order(&order)).unwrap();
+    assert_eq!(e.credits(&o.id).unwrap().balance, 0);
+    let r = e.run_jobs(now + jiff::SignedDuration::from_secs(60)).unwrap();
+    assert_eq!(r.orders_charged, 1);
+    let done = e.orders(&o.id).unwrap().into_iter().find(|x| x.id == "ord-crash").unwrap();
+    assert_eq!(done.status, "succeeded");
+    assert_eq!(e.credits(&o.id).unwrap().balance, 7500);
+    // A second run finds nothing pending and charges nothing.
+    assert_eq!(e.run_jobs(now + jiff::SignedDuration::from_secs(120)).unwrap().orders_charged, 0);
+    assert_eq!(e.credits(&o.id).unwrap().balance, 7500);
+    let b = e.check_books(&o.id).unwrap();
+    assert_eq!(b.purchases, 7500);
+}
