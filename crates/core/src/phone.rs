@@ -38,30 +38,33 @@ pub struct E164 {
     country: Option<Country>,
 }
 
-/// Numbers already validated on this thread: libphonenumber's validation costs far
-/// more than a lookup, and call traffic repeats numbers. Bounded; cleared when full.
-const PARSE_CACHE_LIMIT: usize = 1_024;
+/// Numbers already validated: libphonenumber's validation (~20 µs for a new number)
+/// costs far more than a lookup, and call traffic repeats numbers. Shared by all
+/// threads, so a CDR import can validate a batch's numbers on one thread while it
+/// charges the previous batch on another. Bounded (a few MB); cleared when full.
+const PARSE_CACHE_LIMIT: usize = 65_536;
 
-thread_local! {
-    static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<E164>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+type ParseCache = std::sync::RwLock<std::collections::HashMap<String, Result<E164>>>;
+
+fn parse_cache() -> &'static ParseCache {
+    static PARSED: std::sync::OnceLock<ParseCache> = std::sync::OnceLock::new();
+    PARSED.get_or_init(Default::default)
 }
 
 impl E164 {
-    /// Parses and validates a number (memoized per thread: the same text always gives
-    /// the same answer).
+    /// Parses and validates a number (memoized: the same text always gives the same
+    /// answer).
     pub fn parse(text: &str) -> Result<E164> {
-        if let Some(hit) = PARSED.with(|c| c.borrow().get(text).cloned()) {
+        if let Some(hit) = parse_cache().read().ok().and_then(|c| c.get(text).cloned()) {
             return hit;
         }
         let parsed = E164::parse_uncached(text);
-        PARSED.with(|c| {
-            let mut c = c.borrow_mut();
+        if let Ok(mut c) = parse_cache().write() {
             if c.len() >= PARSE_CACHE_LIMIT {
                 c.clear();
             }
             c.insert(text.to_string(), parsed.clone());
-        });
+        }
         parsed
     }
 

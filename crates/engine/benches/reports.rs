@@ -76,6 +76,18 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used so far (user + system, all threads), in seconds:
+/// `/proc/self/stat` fields 14 and 15, in clock ticks of 1/100 s (Linux's USER_HZ).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    (tick(11) + tick(12)) / 100.0
+}
+
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
 }
@@ -86,6 +98,7 @@ fn child(phase: &str) {
     let engine = Engine::open(&var(DB)).expect("open the database");
     // What the process holds before the phase: the engine, its catalog and rate decks.
     let base = status_kib("VmHWM");
+    let cpu_start = cpu_secs();
     let start = Instant::now();
     let mut figures = match phase {
         "import" => {
@@ -133,7 +146,8 @@ fn child(phase: &str) {
         other => panic!("unknown phase '{other}'"),
     };
     figures.push_str(&format!(
-        " base_kib={base} hwm_kib={} anon_kib={} file_kib={} shmem_kib={}",
+        " cpu_secs={:.2} base_kib={base} hwm_kib={} anon_kib={} file_kib={} shmem_kib={}",
+        cpu_secs() - cpu_start,
         status_kib("VmHWM"),
         status_kib("RssAnon"),
         status_kib("RssFile"),
@@ -478,6 +492,13 @@ fn parent() {
             None => "peak memory not measured".into(),
         };
         verdicts.push(format!("{label}: {speed}; {memory}"));
+        if let (Some(cpu), Some(n)) = (run.num("cpu_secs"), done) {
+            // On a shared machine wall time includes waiting for a core; CPU time does not.
+            verdicts.push(format!(
+                "    CPU time {cpu:.2} s (user + system, all threads) = {} rows per CPU-second",
+                if cpu > 0.0 { thousands(n / cpu) } else { "-".into() }
+            ));
+        }
         if let (Some(a), Some(f), Some(s)) = (run.num("anon_kib"), run.num("file_kib"), run.num("shmem_kib")) {
             verdicts.push(format!(
                 "    resident at the end of the phase: {:.1} MB anonymous (heap), {:.1} MB file-backed, {:.1} MB shmem",

@@ -4,6 +4,7 @@
 
 use crate::calls::{charge_offline, AuthorizeRequest};
 use crate::{Command, Effects, Engine, Outcome};
+use commcredits_core::phone::E164;
 use commcredits_core::{err, Error, ErrorCode, Result, Timestamp};
 use commcredits_store::Tx;
 use serde::Serialize;
@@ -101,76 +102,124 @@ pub(crate) fn import_one(
     }
 }
 
+/// What the reading thread hands to the charging one: up to [`IMPORT_BATCH`] good
+/// records and the rows it had to reject.
+struct Chunk {
+    rows: usize,
+    records: Vec<CdrRecord>,
+    rejected: Vec<RowProblem>,
+}
+
+/// Batches read ahead of the charging thread.
+const READ_AHEAD: usize = 2;
+
+/// Reads and checks the CSV, validating each row's numbers (which warms the shared
+/// number cache, so charging finds them validated), and sends batches to `out`.
+fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Chunk>) -> Result<()> {
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
+    let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
+    let got: Vec<&str> = header.iter().collect();
+    if got != CDR_HEADER {
+        return Err(err!(
+            ErrorCode::InvalidCdr,
+            "line 1: the header must be '{}', found '{}'",
+            CDR_HEADER.join(","),
+            got.join(",")
+        ));
+    }
+    let mut chunk = Chunk { rows: 0, records: Vec::with_capacity(IMPORT_BATCH), rejected: Vec::new() };
+    let mut record = csv::StringRecord::new();
+    let mut line = 1u64;
+    loop {
+        let more = match rdr.read_record(&mut record) {
+            Ok(more) => more,
+            Err(e) if e.is_io_error() => return Err(err!(ErrorCode::InvalidCdr, "cannot read the file: {e}")),
+            Err(e) => {
+                // A broken row (bad quoting, invalid UTF-8) is reported and skipped.
+                line = e.position().map(|p| p.line()).unwrap_or(line + 1);
+                chunk.rows += 1;
+                chunk.rejected.push(RowProblem {
+                    line,
+                    call_id: String::new(),
+                    code: ErrorCode::InvalidCdr.as_str().into(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if more {
+            line = record.position().map(|p| p.line()).unwrap_or(line + 1);
+            chunk.rows += 1;
+            match parse_record(org_id, &record, line) {
+                Ok(r) => {
+                    // Only to warm the cache: charging reports any error with its context.
+                    let _ = E164::parse(&r.from);
+                    let _ = E164::parse(&r.to);
+                    chunk.records.push(r)
+                }
+                Err(e) => chunk.rejected.push(RowProblem {
+                    line,
+                    call_id: record.get(0).unwrap_or("").to_string(),
+                    code: e.code.as_str().into(),
+                    message: e.message,
+                }),
+            }
+        }
+        if chunk.records.len() >= IMPORT_BATCH || !more {
+            let next = Chunk { rows: 0, records: Vec::with_capacity(IMPORT_BATCH), rejected: Vec::new() };
+            if out.send(std::mem::replace(&mut chunk, next)).is_err() {
+                // The charging side stopped (it failed): its error is the answer.
+                return Ok(());
+            }
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
 impl Engine {
     /// Imports a CDR CSV (`call_id,type,user,from,to,start_time,duration_seconds`).
     /// `progress` is called with the number of rows done after each batch.
+    ///
+    /// Two threads: one reads and checks rows (and validates their numbers, the
+    /// costliest part of a new row), the other charges batches of [`IMPORT_BATCH`]
+    /// rows, each in one transaction through [`Engine::apply_bulk`].
     pub fn import_cdrs(
         &self,
         org_id: &str,
-        input: impl Read,
+        input: impl Read + Send,
         now: Timestamp,
         progress: &mut dyn FnMut(usize),
     ) -> Result<ImportReport> {
-        let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
-        let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
-        let got: Vec<&str> = header.iter().collect();
-        if got != CDR_HEADER {
-            return Err(err!(
-                ErrorCode::InvalidCdr,
-                "line 1: the header must be '{}', found '{}'",
-                CDR_HEADER.join(","),
-                got.join(",")
-            ));
-        }
-        let mut report = ImportReport::default();
-        let mut batch: Vec<CdrRecord> = Vec::with_capacity(IMPORT_BATCH);
-        let mut record = csv::StringRecord::new();
-        let mut line = 1u64;
-        loop {
-            let more = match rdr.read_record(&mut record) {
-                Ok(more) => more,
-                Err(e) if e.is_io_error() => return Err(err!(ErrorCode::InvalidCdr, "cannot read the file: {e}")),
-                Err(e) => {
-                    // A broken row (bad quoting, invalid UTF-8) is reported and skipped.
-                    line = e.position().map(|p| p.line()).unwrap_or(line + 1);
-                    report.rows += 1;
-                    report.rejected.push(RowProblem {
-                        line,
-                        call_id: String::new(),
-                        code: ErrorCode::InvalidCdr.as_str().into(),
-                        message: e.to_string(),
-                    });
-                    continue;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD);
+            let reader = scope.spawn(move || read_cdrs(org_id, input, tx));
+            let mut report = ImportReport::default();
+            let mut charged = Ok(());
+            for chunk in rx.iter() {
+                report.rows += chunk.rows;
+                report.rejected.extend(chunk.rejected);
+                if !chunk.records.is_empty() {
+                    charged = self.import_batch(chunk.records, now, &mut report);
+                    if charged.is_err() {
+                        break;
+                    }
                 }
-            };
-            if more {
-                line = record.position().map(|p| p.line()).unwrap_or(line + 1);
-                report.rows += 1;
-                match parse_record(org_id, &record, line) {
-                    Ok(r) => batch.push(r),
-                    Err(e) => report.rejected.push(RowProblem {
-                        line,
-                        call_id: record.get(0).unwrap_or("").to_string(),
-                        code: e.code.as_str().into(),
-                        message: e.message,
-                    }),
-                }
-            }
-            if batch.len() >= IMPORT_BATCH || (!more && !batch.is_empty()) {
-                self.import_batch(std::mem::take(&mut batch), now, &mut report)?;
                 progress(report.rows);
             }
-            if !more {
-                break;
-            }
-        }
-        report.rejected.sort_by_key(|p| p.line);
-        Ok(report)
+            drop(rx);
+            let read = reader.join().map_err(|_| err!(ErrorCode::Internal, "the CDR reader panicked"))?;
+            charged?;
+            read?;
+            report.rejected.sort_by_key(|p| p.line);
+            Ok(report)
+        })
     }
 
     fn import_batch(&self, batch: Vec<CdrRecord>, now: Timestamp, report: &mut ImportReport) -> Result<()> {
         let meta: Vec<(u64, String)> = batch.iter().map(|r| (r.line, r.call_id.clone())).collect();
-        let results = self.apply(now, batch.into_iter().map(Command::ImportCdr).collect())?;
+        let results = self.apply_bulk(now, batch.into_iter().map(Command::ImportCdr).collect())?;
         for ((line, call_id), r) in meta.into_iter().zip(results) {
             match r {
                 Ok(Outcome::Ended(v)) => {

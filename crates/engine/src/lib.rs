@@ -23,6 +23,7 @@ pub mod views;
 use commcredits_core::catalog::{Catalog, DeckKind, RateDeck};
 use commcredits_core::money::Currency;
 use commcredits_core::{err, Error, ErrorCode, Result, Timestamp};
+use commcredits_store::overlay::WriteBehind;
 use commcredits_store::{OrgRow, RateDeckRow, Store, Tx};
 use payments::{CardToken, PaymentGateway};
 use std::collections::HashMap;
@@ -361,6 +362,18 @@ impl Engine {
     /// Like [`Engine::apply`], each command at its own time (a replay or simulation
     /// batching events that happened over a span of time).
     pub fn apply_timed(&self, commands: Vec<(Timestamp, Command)>) -> Result<Vec<Result<Outcome>>> {
+        self.apply_batch(commands, false)
+    }
+
+    /// Like [`Engine::apply`] for bulk work (CDR imports): the transaction runs through
+    /// [`WriteBehind`], which keeps the rows every call reads and rewrites in memory and
+    /// writes the batch's net result at the end in bulk. Same commands, same results,
+    /// same committed state; far fewer statements.
+    pub fn apply_bulk(&self, now: Timestamp, commands: Vec<Command>) -> Result<Vec<Result<Outcome>>> {
+        self.apply_batch(commands.into_iter().map(|c| (now, c)).collect(), true)
+    }
+
+    fn apply_batch(&self, commands: Vec<(Timestamp, Command)>, write_behind: bool) -> Result<Vec<Result<Outcome>>> {
         if commands.len() > self.config.max_batch {
             return Err(err!(ErrorCode::InvalidInput, "a batch holds at most {} commands", self.config.max_batch));
         }
@@ -370,27 +383,36 @@ impl Engine {
         let mut results = Vec::with_capacity(commands.len());
         let mut effects = Effects::default();
         let mut deck_changed = false;
-        self.store.write(&mut |tx| {
-            results.clear();
-            effects = Effects::default();
-            for (now, cmd) in &commands {
-                tx.savepoint()?;
-                let mut local = Effects::default();
-                match self.execute(tx, cmd, *now, &mut local) {
-                    Ok(o) => {
-                        tx.release_savepoint()?;
-                        effects.orders.extend(local.orders);
-                        deck_changed |= matches!(cmd, Command::ImportRates { .. });
-                        results.push(Ok(o));
-                    }
-                    Err(e) if e.code == ErrorCode::StoreError => return Err(e),
-                    Err(e) => {
-                        tx.rollback_savepoint()?;
-                        results.push(Err(e));
+        self.store.write(&mut |db| {
+            let mut run = |tx: &mut dyn Tx| -> Result<()> {
+                results.clear();
+                effects = Effects::default();
+                for (now, cmd) in &commands {
+                    tx.savepoint()?;
+                    let mut local = Effects::default();
+                    match self.execute(tx, cmd, *now, &mut local) {
+                        Ok(o) => {
+                            tx.release_savepoint()?;
+                            effects.orders.extend(local.orders);
+                            deck_changed |= matches!(cmd, Command::ImportRates { .. });
+                            results.push(Ok(o));
+                        }
+                        Err(e) if e.code == ErrorCode::StoreError => return Err(e),
+                        Err(e) => {
+                            tx.rollback_savepoint()?;
+                            results.push(Err(e));
+                        }
                     }
                 }
+                Ok(())
+            };
+            if write_behind {
+                let mut w = WriteBehind::new(db);
+                run(&mut w)?;
+                w.finish()
+            } else {
+                run(db)
             }
-            Ok(())
         })?;
         if deck_changed {
             self.reload_decks()?;

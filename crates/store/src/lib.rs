@@ -6,6 +6,7 @@
 //! commit). Reads go through [`Store::read`].
 
 pub mod conformance;
+pub mod overlay;
 pub mod postgres;
 pub mod rows;
 pub mod sqlite;
@@ -77,8 +78,13 @@ pub trait Tx {
     /// Lots still holding money (remaining > 0), any order.
     fn open_lots(&mut self, org_id: &str) -> Result<Vec<LotRow>>;
     fn list_lots(&mut self, org_id: &str) -> Result<Vec<LotRow>>;
-    /// Appends to the ledger; returns the entry's sequence number.
-    fn append_ledger(&mut self, e: &LedgerRow) -> Result<i64>;
+    /// Appends to the ledger (the store numbers entries in the order they arrive).
+    fn append_ledger(&mut self, e: &LedgerRow) -> Result<()>;
+    /// Appends several entries, in order: one statement or round trip where the
+    /// adapter can.
+    fn append_ledger_many(&mut self, entries: &[LedgerRow]) -> Result<()> {
+        entries.iter().try_for_each(|e| self.append_ledger(e))
+    }
     /// Entries with seq > `after_seq`, oldest first, at most `limit`.
     fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>>;
     /// Sum of amounts per ledger kind.
@@ -97,11 +103,20 @@ pub trait Tx {
 
     // -- calls --
     fn insert_reservation(&mut self, r: &ReservationRow) -> Result<()>;
+    /// Inserts several reservations (bulk import): one statement or round trip where
+    /// the adapter can.
+    fn insert_reservations(&mut self, rows: &[ReservationRow]) -> Result<()> {
+        rows.iter().try_for_each(|r| self.insert_reservation(r))
+    }
     fn update_reservation(&mut self, r: &ReservationRow) -> Result<()>;
     fn get_reservation(&mut self, org_id: &str, call_id: &str) -> Result<Option<ReservationRow>>;
     fn count_pending_reservations(&mut self, org_id: &str) -> Result<i64>;
     fn pending_reservations(&mut self, org_id: &str) -> Result<Vec<ReservationRow>>;
     fn insert_cdr(&mut self, c: &CdrRow) -> Result<()>;
+    /// Inserts several CDRs (bulk import), like [`Tx::insert_reservations`].
+    fn insert_cdrs(&mut self, rows: &[CdrRow]) -> Result<()> {
+        rows.iter().try_for_each(|c| self.insert_cdr(c))
+    }
     fn get_cdr(&mut self, org_id: &str, call_id: &str) -> Result<Option<CdrRow>>;
     /// CDRs that started in [from, to), oldest first.
     fn list_cdrs(&mut self, org_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<CdrRow>>;

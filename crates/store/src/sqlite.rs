@@ -788,13 +788,33 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn append_ledger(&mut self, l: &LedgerRow) -> Result<i64> {
-        self.exec(
-            "append ledger",
-            "INSERT INTO ledger (org_id, entry_id, kind, amount_minor, balance_after_minor, lot_id, call_id, order_id, at, memo) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![l.org_id, l.entry_id, l.kind, l.amount_minor, l.balance_after_minor, l.lot_id, l.call_id, l.order_id, micros(l.at), l.memo],
-        )?;
-        Ok(self.conn.last_insert_rowid())
+    fn append_ledger(&mut self, l: &LedgerRow) -> Result<()> {
+        self.append_ledger_many(std::slice::from_ref(l))
+    }
+
+    fn append_ledger_many(&mut self, entries: &[LedgerRow]) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO ledger (org_id, entry_id, kind, amount_minor, balance_after_minor, lot_id, call_id, order_id, at, memo) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(e("append ledger"))?;
+        for l in entries {
+            st.execute(params![
+                l.org_id,
+                l.entry_id,
+                l.kind,
+                l.amount_minor,
+                l.balance_after_minor,
+                l.lot_id,
+                l.call_id,
+                l.order_id,
+                micros(l.at),
+                l.memo
+            ])
+            .map_err(e("append ledger"))?;
+        }
+        Ok(())
     }
 
     fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>> {
@@ -918,10 +938,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_reservation(&mut self, r: &ReservationRow) -> Result<()> {
-        self.exec(
-            "insert reservation",
-            &format!("INSERT INTO reservations ({RES_COLS}) VALUES ({})", placeholders(27)),
-            params![
+        self.insert_reservations(std::slice::from_ref(r))
+    }
+
+    fn insert_reservations(&mut self, rows: &[ReservationRow]) -> Result<()> {
+        let sql = format!("INSERT INTO reservations ({RES_COLS}) VALUES ({})", placeholders(27));
+        let mut st = self.conn.prepare_cached(&sql).map_err(e("insert reservation"))?;
+        for r in rows {
+            st.execute(params![
                 r.org_id,
                 r.call_id,
                 r.call_type,
@@ -949,9 +973,10 @@ impl Tx for SqliteTx<'_> {
                 r.domestic,
                 r.dest_country,
                 r.emergency
-            ],
-        )
-        .map(drop)
+            ])
+            .map_err(e("insert reservation"))?;
+        }
+        Ok(())
     }
 
     fn update_reservation(&mut self, r: &ReservationRow) -> Result<()> {
@@ -994,10 +1019,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_cdr(&mut self, c: &CdrRow) -> Result<()> {
-        self.exec(
-            "insert cdr",
-            &format!("INSERT INTO cdrs ({CDR_COLS}) VALUES ({})", placeholders(23)),
-            params![
+        self.insert_cdrs(std::slice::from_ref(c))
+    }
+
+    fn insert_cdrs(&mut self, rows: &[CdrRow]) -> Result<()> {
+        let sql = format!("INSERT INTO cdrs ({CDR_COLS}) VALUES ({})", placeholders(23));
+        let mut st = self.conn.prepare_cached(&sql).map_err(e("insert cdr"))?;
+        for c in rows {
+            st.execute(params![
                 c.org_id,
                 c.call_id,
                 c.usage_id,
@@ -1021,9 +1050,10 @@ impl Tx for SqliteTx<'_> {
                 c.rate_name,
                 c.rate_per_minute,
                 c.source
-            ],
-        )
-        .map(drop)
+            ])
+            .map_err(e("insert cdr"))?;
+        }
+        Ok(())
     }
 
     fn get_cdr(&mut self, org_id: &str, call_id: &str) -> Result<Option<CdrRow>> {

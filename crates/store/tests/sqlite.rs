@@ -66,3 +66,17 @@ fn ledger_rows_cannot_be_changed_even_with_raw_sql() {
     assert!(raw.execute("UPDATE ledger SET amount_minor = 2", []).is_err());
     assert!(raw.execute("DELETE FROM ledger", []).is_err());
 }
+
+/// The same suite through the write-behind wrapper that bulk CDR imports use: it must
+/// answer as the database would.
+mod write_behind {
+    use commcredits_store::overlay::WriteBehindStore;
+    use commcredits_store::sqlite::SqliteStore;
+    use commcredits_store::{conformance_tests, Store};
+
+    fn open_fresh() -> Box<dyn Store> {
+        Box::new(WriteBehindStore(Box::new(SqliteStore::open("sqlite::memory:").expect("open sqlite"))))
+    }
+
+    conformance_tests!(open_fresh);
+}
