@@ -55,6 +55,8 @@ pub const MAX_WRITE_ATTEMPTS: u32 = 10;
 /// Applies when the URL sets no `connect_timeout`: an unreachable server fails fast.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Rows per bulk INSERT (arrays of this many values per column).
+const BULK_ROWS: usize = 2_000;
 const BEGIN_WRITE: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -1386,6 +1388,37 @@ impl Tx for PgTx<'_> {
         .map(drop)
     }
 
+    fn append_ledger_many(&mut self, entries: &[LedgerRow]) -> Result<()> {
+        // UNNEST ... WITH ORDINALITY keeps the entries' order in their sequence numbers.
+        for chunk in entries.chunks(BULK_ROWS) {
+            macro_rules! col {
+                ($f:expr) => {
+                    chunk.iter().map($f).collect::<Vec<_>>()
+                };
+            }
+            self.exec(
+                "append ledger",
+                "INSERT INTO ledger (org_id, entry_id, kind, amount_minor, balance_after_minor, lot_id, call_id, order_id, at, memo) \
+                 SELECT a, b, c, d, e, f, g, h, i, j FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+                 $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[]) WITH ORDINALITY AS u(a, b, c, d, e, f, g, h, i, j, n) \
+                 ORDER BY n",
+                &[
+                    &col!(|l| l.org_id.as_str()),
+                    &col!(|l| l.entry_id.as_str()),
+                    &col!(|l| l.kind.as_str()),
+                    &col!(|l| l.amount_minor),
+                    &col!(|l| l.balance_after_minor),
+                    &col!(|l| l.lot_id.as_deref()),
+                    &col!(|l| l.call_id.as_deref()),
+                    &col!(|l| l.order_id.as_deref()),
+                    &col!(|l| micros(l.at)),
+                    &col!(|l| l.memo.as_str()),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     fn list_ledger(&mut self, org_id: &str, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>> {
         self.many(
             "list ledger",
@@ -1625,6 +1658,106 @@ impl Tx for PgTx<'_> {
             &[&org_id],
             res_row,
         )
+    }
+
+    fn insert_cdrs(&mut self, rows: &[CdrRow]) -> Result<()> {
+        // One statement per chunk: the columns travel as arrays and UNNEST turns them
+        // back into rows, so a batch costs one round trip, not one per row.
+        for chunk in rows.chunks(BULK_ROWS) {
+            macro_rules! col {
+                ($f:expr) => {
+                    chunk.iter().map($f).collect::<Vec<_>>()
+                };
+            }
+            self.exec(
+                "insert cdrs",
+                concat!(
+                    "INSERT INTO cdrs (",
+                    cdr_cols!(),
+                    ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::text[], $9::bool[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], \
+                     $14::int8[], $15::int8[], $16::text[], $17::int8[], $18::int8[], $19::text[], $20::text[], \
+                     $21::text[], $22::text[], $23::text[])"
+                ),
+                &[
+                    &col!(|c| c.org_id.as_str()),
+                    &col!(|c| c.call_id.as_str()),
+                    &col!(|c| c.usage_id.as_str()),
+                    &col!(|c| c.call_type.as_str()),
+                    &col!(|c| c.user_id.as_deref()),
+                    &col!(|c| c.from_number.as_str()),
+                    &col!(|c| c.to_number.as_str()),
+                    &col!(|c| c.dest_country.as_deref()),
+                    &col!(|c| c.domestic),
+                    &col!(|c| micros(c.start_at)),
+                    &col!(|c| micros(c.end_at)),
+                    &col!(|c| c.duration_seconds),
+                    &col!(|c| c.charged_seconds),
+                    &col!(|c| c.overrun_seconds),
+                    &col!(|c| c.plan_minutes),
+                    &col!(|c| c.plan_kind.as_deref()),
+                    &col!(|c| c.charge_minor),
+                    &col!(|c| c.connection_fee_minor),
+                    &col!(|c| c.currency.as_str()),
+                    &col!(|c| c.funding.as_str()),
+                    &col!(|c| c.rate_name.as_deref()),
+                    &col!(|c| c.rate_per_minute.as_deref()),
+                    &col!(|c| c.source.as_str()),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_reservations(&mut self, rows: &[ReservationRow]) -> Result<()> {
+        for chunk in rows.chunks(BULK_ROWS) {
+            macro_rules! col {
+                ($f:expr) => {
+                    chunk.iter().map($f).collect::<Vec<_>>()
+                };
+            }
+            self.exec(
+                "insert reservations",
+                concat!(
+                    "INSERT INTO reservations (",
+                    res_cols!(),
+                    ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::text[], \
+                     $14::text[], $15::int8[], $16::int8[], $17::int8[], $18::text[], $19::int8[], $20::text[], \
+                     $21::text[], $22::text[], $23::int8[], $24::int8[], $25::bool[], $26::text[], $27::bool[])"
+                ),
+                &[
+                    &col!(|r| r.org_id.as_str()),
+                    &col!(|r| r.call_id.as_str()),
+                    &col!(|r| r.call_type.as_str()),
+                    &col!(|r| r.user_id.as_deref()),
+                    &col!(|r| r.from_number.as_str()),
+                    &col!(|r| r.to_number.as_str()),
+                    &col!(|r| r.state.as_str()),
+                    &col!(|r| micros(r.created_at)),
+                    &col!(|r| micros(r.updated_at)),
+                    &col!(|r| micros(r.expires_at)),
+                    &col!(|r| r.granted_seconds),
+                    &col!(|r| r.used_seconds),
+                    &col!(|r| r.plan_scope.as_deref()),
+                    &col!(|r| r.plan_kind.as_deref()),
+                    &col!(|r| r.plan_month.map(i64::from)),
+                    &col!(|r| r.plan_minutes),
+                    &col!(|r| r.money_minor),
+                    &col!(|r| r.earmarks.as_str()),
+                    &col!(|r| i64::from(r.spend_month)),
+                    &col!(|r| r.rate_prefix.as_deref()),
+                    &col!(|r| r.rate_name.as_deref()),
+                    &col!(|r| r.rate_per_minute.as_deref()),
+                    &col!(|r| r.connection_fee_minor),
+                    &col!(|r| r.increment_seconds),
+                    &col!(|r| r.domestic),
+                    &col!(|r| r.dest_country.as_deref()),
+                    &col!(|r| r.emergency),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn insert_cdr(&mut self, c: &CdrRow) -> Result<()> {
