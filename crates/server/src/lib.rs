@@ -122,19 +122,19 @@ pub fn router(app: Arc<App>) -> Router {
     let (api, doc) = api();
     let doc = Arc::new(doc);
     api.merge(admin::routes(app.clone()))
-    .route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { axum::Json(doc.as_ref().clone()) }
-        }),
-    )
-    .route("/healthz", axum::routing::get(healthz))
-    .route("/metrics", axum::routing::get(metrics_text))
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(middleware::from_fn(track))
-    .with_state(app)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+        .with_state(app)
 }
 
 async fn not_found() -> Response {

@@ -350,6 +350,46 @@ async fn sign_in_refuses_wrong_keys_platform_keys_revoked_keys_and_forged_forms(
     assert!(limited, "sign-in failures are limited");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_organization_signs_in_and_shows_its_own_figures() {
+    let app = spawn_app().await;
+    let now = Timestamp::now();
+    let report = commcredits_engine::demo::run(&app.engine, now).expect("the demo month");
+    let key = secret(
+        app.engine
+            .apply_one(
+                now,
+                Command::CreateKey { org: Some(report.org_id.clone()), role: "admin".into(), name: "demo".into() },
+            )
+            .unwrap(),
+    );
+    let (mut b, page) = Browser::signed_in(&app, &key).await;
+    let credits = app.engine.credits(&report.org_id).unwrap();
+    let org = app.engine.org_view(&report.org_id).unwrap();
+    let cur = commcredits_core::money::Currency::parse(&credits.currency).unwrap();
+    for figure in [credits.balance, credits.available] {
+        let shown = commcredits_server::admin::pages::money(cur, figure);
+        assert!(page.text.contains(&shown), "{shown} is not on the overview");
+    }
+    assert!(page.text.contains(&org.name));
+    let rec = app.engine.recommend(&report.org_id, Timestamp::now()).unwrap();
+    if let Some(days) = rec.days_until_empty {
+        assert!(page.text.contains(&format!("{days} day")), "days left {days} not shown");
+    }
+    // Every page renders for the demo's data.
+    for path in
+        ["/admin/billing", "/admin/users", "/admin/numbers", "/admin/usage", "/admin/pools", "/admin/notifications"]
+    {
+        let r = b.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    // The demo's month reaches back past the first of this month.
+    let from = Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(40 * 24)).unwrap();
+    let usage = b.get(&format!("/admin/usage?from={}", &from.to_string()[..10])).await;
+    assert_eq!(usage.status, 200, "{usage:?}");
+    assert!(usage.text.contains("id=\"calls\""), "the demo month has calls");
+}
+
 // ---------------------------------------------------------------- HTTP: CSRF and roles
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,18 +409,28 @@ async fn every_form_needs_the_session_token_and_the_api_role() {
         }
         admin.post("/admin/billing/funds", &fields).await.has_code(403, "invalid_csrf_token");
     }
-    admin.post("/admin/users/assign", &[("sku", "communications_credits"), ("user_ids", &s.bob)]).await.has_code(403, "invalid_csrf_token");
+    admin
+        .post("/admin/users/assign", &[("sku", "communications_credits"), ("user_ids", &s.bob)])
+        .await
+        .has_code(403, "invalid_csrf_token");
     admin.post("/admin/logout", &[]).await.has_code(403, "invalid_csrf_token");
     assert_eq!(balance(&app, &s.org), before);
     assert!(admin.get("/admin").await.status == 200, "a refused sign-out leaves the session");
 
     // The admin buys; the billing admin buys too.
-    let r = admin.post("/admin/billing/funds", &[("csrf", &token), ("amount", "50.00"), ("payment_method_id", &s.card)]).await;
+    let r = admin
+        .post("/admin/billing/funds", &[("csrf", &token), ("amount", "50.00"), ("payment_method_id", &s.card)])
+        .await;
     assert_eq!((r.status, r.location.as_str()), (303, "/admin/billing"), "{r:?}");
     let billing = admin.get("/admin/billing").await;
     assert!(billing.text.contains("Bought 50.00 USD of credits."), "the flash message is shown once");
     assert!(!admin.get("/admin/billing").await.text.contains("Bought 50.00 USD"), "and only once");
-    let r = other.post("/admin/billing/funds", &[("csrf", &other_page.csrf()), ("amount", "50.00"), ("payment_method_id", &s.card)]).await;
+    let r = other
+        .post(
+            "/admin/billing/funds",
+            &[("csrf", &other_page.csrf()), ("amount", "50.00"), ("payment_method_id", &s.card)],
+        )
+        .await;
     assert_eq!(r.status, 303, "{r:?}");
     assert_eq!(balance(&app, &s.org), before + 10_000);
 
@@ -418,11 +468,17 @@ async fn every_form_needs_the_session_token_and_the_api_role() {
     let (mut lic, page) = Browser::signed_in(&app, &s.licenses).await;
     assert!(!lic.get("/admin/billing").await.text.contains("id=\"funds-form\""));
     let t = page.csrf();
-    lic.post("/admin/billing/funds", &[("csrf", &t), ("amount", "50.00"), ("payment_method_id", &s.card)]).await.has_code(403, "forbidden");
-    let r = lic.post("/admin/users/assign", &[("csrf", &t), ("sku", "communications_credits"), ("user_ids", &s.bob)]).await;
+    lic.post("/admin/billing/funds", &[("csrf", &t), ("amount", "50.00"), ("payment_method_id", &s.card)])
+        .await
+        .has_code(403, "forbidden");
+    let r =
+        lic.post("/admin/users/assign", &[("csrf", &t), ("sku", "communications_credits"), ("user_ids", &s.bob)]).await;
     assert_eq!(r.status, 303, "{r:?}");
     let t = other_page.csrf();
-    other.post("/admin/users/assign", &[("csrf", &t), ("sku", "communications_credits"), ("user_ids", &s.cy)]).await.has_code(403, "forbidden");
+    other
+        .post("/admin/users/assign", &[("csrf", &t), ("sku", "communications_credits"), ("user_ids", &s.cy)])
+        .await
+        .has_code(403, "forbidden");
     assert!(!other.get("/admin/users").await.text.contains("id=\"bulk\""));
     assert_eq!(balance(&app, &s.org), before + 10_000);
     assert_eq!(app.engine.user(&s.org, &s.cy).unwrap().licenses, vec!["phone_system".to_string()]);
@@ -440,46 +496,117 @@ async fn invalid_input_is_shown_next_to_its_field_with_the_api_code_and_kept() {
     assert!(r.text.contains("id=\"funds-amount-error\""), "the error sits by the amount field");
     assert!(r.text.contains("value=\"10.00\""), "the value is kept");
     assert!(r.text.contains("aria-invalid=\"true\" aria-describedby=\"funds-amount-error\""));
-    b.post("/admin/billing/funds", &[("csrf", &t), ("amount", "50.005"), ("payment_method_id", &s.card)]).await.has_code(422, "invalid_amount");
-    let r = b.post("/admin/billing/funds", &[("csrf", &t), ("amount", "<b>5</b>"), ("payment_method_id", &s.card)]).await;
+    b.post("/admin/billing/funds", &[("csrf", &t), ("amount", "50.005"), ("payment_method_id", &s.card)])
+        .await
+        .has_code(422, "invalid_amount");
+    let r =
+        b.post("/admin/billing/funds", &[("csrf", &t), ("amount", "<b>5</b>"), ("payment_method_id", &s.card)]).await;
     r.has_code(422, "invalid_amount");
     assert!(r.text.contains("value=\"&lt;b&gt;5&lt;") && !r.text.contains("<b>5</b>"), "values are escaped");
 
     // A declined card: the order is recorded as failed with its reason.
-    let r = b.post("/admin/billing/cards", &[("csrf", &t), ("number", "4000 0000 0000 0002"), ("exp", "12/2034"), ("holder", "Bob")]).await;
+    let r = b
+        .post(
+            "/admin/billing/cards",
+            &[("csrf", &t), ("number", "4000 0000 0000 0002"), ("exp", "12/2034"), ("holder", "Bob")],
+        )
+        .await;
     assert_eq!(r.status, 303, "{r:?}");
-    let declined = app.engine.payment_methods(&s.org).unwrap().into_iter().find(|p| p.card.as_ref().is_some_and(|c| c.last4 == "0002")).unwrap();
-    let r = b.post("/admin/billing/funds", &[("csrf", &t), ("amount", "75.00"), ("payment_method_id", &declined.id)]).await;
+    let declined = app
+        .engine
+        .payment_methods(&s.org)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.card.as_ref().is_some_and(|c| c.last4 == "0002"))
+        .unwrap();
+    let r =
+        b.post("/admin/billing/funds", &[("csrf", &t), ("amount", "75.00"), ("payment_method_id", &declined.id)]).await;
     r.has_code(402, "payment_declined");
     assert!(r.text.contains("value=\"75.00\""));
-    assert!(r.text.contains("class=\"status-failed\">failed</td><td>payment_declined"), "the failed order and its reason are listed");
+    assert!(
+        r.text.contains("class=\"status-failed\">failed</td><td>payment_declined"),
+        "the failed order and its reason are listed"
+    );
     // A card whose expiry has passed; a malformed expiry.
-    let r = b.post("/admin/billing/cards", &[("csrf", &t), ("number", "4242424242424242"), ("exp", "01/2020"), ("holder", "Old")]).await;
+    let r = b
+        .post(
+            "/admin/billing/cards",
+            &[("csrf", &t), ("number", "4242424242424242"), ("exp", "01/2020"), ("holder", "Old")],
+        )
+        .await;
     r.has_code(402, "expired_card");
     assert!(r.text.contains("id=\"card-exp-error\"") && r.text.contains("value=\"01&#x2f;2020\""));
     assert!(!r.text.contains("4242424242424242"), "a card number is never sent back");
-    b.post("/admin/billing/cards", &[("csrf", &t), ("number", "4242424242424242"), ("exp", "13/2030")]).await.has_code(422, "invalid_card");
+    b.post("/admin/billing/cards", &[("csrf", &t), ("number", "4242424242424242"), ("exp", "13/2030")])
+        .await
+        .has_code(422, "invalid_card");
     // Auto-recharge below the minimum.
-    let r = b.post("/admin/billing/auto-recharge", &[("csrf", &t), ("enabled", "on"), ("amount", "20.00"), ("threshold", "5.00"), ("payment_method_id", &s.card)]).await;
+    let r = b
+        .post(
+            "/admin/billing/auto-recharge",
+            &[
+                ("csrf", &t),
+                ("enabled", "on"),
+                ("amount", "20.00"),
+                ("threshold", "5.00"),
+                ("payment_method_id", &s.card),
+            ],
+        )
+        .await;
     r.has_code(422, "below_minimum_purchase");
     assert!(r.text.contains("id=\"auto_recharge-amount-error\"") && r.text.contains("value=\"20.00\""));
-    b.post("/admin/billing/auto-recharge", &[("csrf", &t), ("enabled", "on"), ("amount", "50.00"), ("threshold", "-1"), ("payment_method_id", &s.card)]).await.has_code(422, "invalid_amount");
+    b.post(
+        "/admin/billing/auto-recharge",
+        &[("csrf", &t), ("enabled", "on"), ("amount", "50.00"), ("threshold", "-1"), ("payment_method_id", &s.card)],
+    )
+    .await
+    .has_code(422, "invalid_amount");
     // Numbers, licenses and policies.
     let r = b.post("/admin/numbers", &[("csrf", &t), ("number", "+1 555"), ("kind", "toll_free"), ("user", "")]).await;
     r.has_code(422, "invalid_phone_number");
     assert!(r.text.contains("id=\"number-number-error\"") && r.text.contains("value=\"+1 555\""));
-    let r = b.post("/admin/users/assign", &[("csrf", &t), ("sku", "calling_plan_domestic"), ("user_ids", &s.bob), ("user_ids", &s.cy)]).await;
+    let r = b
+        .post(
+            "/admin/users/assign",
+            &[("csrf", &t), ("sku", "calling_plan_domestic"), ("user_ids", &s.bob), ("user_ids", &s.cy)],
+        )
+        .await;
     assert_eq!(r.status, 303, "{r:?}");
     let path = format!("/admin/users/{}/licenses", s.bob);
-    b.post(&path, &[("csrf", &t), ("skus", "calling_plan_domestic")]).await.has_code(422, "license_requires_phone_system");
+    b.post(&path, &[("csrf", &t), ("skus", "calling_plan_domestic")])
+        .await
+        .has_code(422, "license_requires_phone_system");
     let path = format!("/admin/users/{}", s.ada);
-    let r = b.post(&path, &[("csrf", &t), ("dial_out_policy", "domestic"), ("conference_dial_out_policy", "international"), ("spend_limit", "ten")]).await;
+    let r = b
+        .post(
+            &path,
+            &[
+                ("csrf", &t),
+                ("dial_out_policy", "domestic"),
+                ("conference_dial_out_policy", "international"),
+                ("spend_limit", "ten"),
+            ],
+        )
+        .await;
     r.has_code(422, "invalid_amount");
     assert!(r.text.contains("value=\"ten\""));
-    let r = b.post(&path, &[("csrf", &t), ("dial_out_policy", "domestic"), ("conference_dial_out_policy", "disabled"), ("spend_limit", "25.50")]).await;
+    let r = b
+        .post(
+            &path,
+            &[
+                ("csrf", &t),
+                ("dial_out_policy", "domestic"),
+                ("conference_dial_out_policy", "disabled"),
+                ("spend_limit", "25.50"),
+            ],
+        )
+        .await;
     assert_eq!(r.status, 303, "{r:?}");
     let ada = app.engine.user(&s.org, &s.ada).unwrap();
-    assert_eq!((ada.dial_out_policy.as_str(), ada.conference_dial_out_policy.as_str(), ada.spend_limit), ("domestic", "disabled", Some(2_550)));
+    assert_eq!(
+        (ada.dial_out_policy.as_str(), ada.conference_dial_out_policy.as_str(), ada.spend_limit),
+        ("domestic", "disabled", Some(2_550))
+    );
     // Usage filters.
     let r = b.get("/admin/usage?from=2026-13-01&country=Germany").await;
     r.has_code(422, "invalid_time");
@@ -731,7 +858,8 @@ mod browser {
         assert_eq!(&xlsx[..4], b"PK\x03\x04", "a workbook is a zip");
         {
             use calamine::Reader;
-            let mut wb: calamine::Xlsx<_> = calamine::open_workbook_from_rs(std::io::Cursor::new(xlsx.clone())).unwrap();
+            let mut wb: calamine::Xlsx<_> =
+                calamine::open_workbook_from_rs(std::io::Cursor::new(xlsx.clone())).unwrap();
             let sheet = wb.sheet_names()[0].clone();
             let range = wb.worksheet_range(&sheet).unwrap();
             let rows: Vec<_> = range.rows().collect();
@@ -746,10 +874,26 @@ mod browser {
         assert_eq!(
             header[..20],
             [
-                "UsageId", "Call ID", "Conference ID", "User Location", "AAD ObjectId", "UPN", "User Display Name",
-                "Caller ID", "Call Type", "Number Type", "Domestic/International", "Destination Dialed",
-                "Destination Number", "Start Time", "End Time", "Duration Seconds", "Connection Fee", "Charge",
-                "Currency", "Capability"
+                "UsageId",
+                "Call ID",
+                "Conference ID",
+                "User Location",
+                "AAD ObjectId",
+                "UPN",
+                "User Display Name",
+                "Caller ID",
+                "Call Type",
+                "Number Type",
+                "Domestic/International",
+                "Destination Dialed",
+                "Destination Number",
+                "Start Time",
+                "End Time",
+                "Duration Seconds",
+                "Connection Fee",
+                "Charge",
+                "Currency",
+                "Capability"
             ]
         );
         assert_eq!(csv.lines().count(), 1 + s.calls);
@@ -765,7 +909,12 @@ mod browser {
         }
 
         // CSRF: a POST from the page without the token is refused.
-        let (status, body) = post_from_page(&c, "/admin/billing/funds", serde_json::json!({"amount": "50.00", "payment_method_id": s.card})).await;
+        let (status, body) = post_from_page(
+            &c,
+            "/admin/billing/funds",
+            serde_json::json!({"amount": "50.00", "payment_method_id": s.card}),
+        )
+        .await;
         assert_eq!(status, 403);
         assert!(body.contains("data-code=\"invalid_csrf_token\""), "{body}");
 

@@ -115,7 +115,8 @@ fn error_page(e: &Error, back: &str) -> Response {
         ErrorCode::NotFound | ErrorCode::UserNotFound => "Not found",
         _ => "Something went wrong",
     };
-    let ctx = context! { title, code => e.code.as_str(), message => e.message.clone(), back, css => asset_url("admin.css") };
+    let ctx =
+        context! { title, code => e.code.as_str(), message => e.message.clone(), back, css => asset_url("admin.css") };
     match render("error.html", ctx) {
         Ok(body) => html(status, body),
         Err(_) => (status, format!("error[{}]: {}", e.code.as_str(), e.message)).into_response(),
@@ -301,9 +302,10 @@ impl FormState {
 }
 
 /// The checks of every POST: the session's CSRF token, then the API's role matrix.
-fn guard(app: &App, admin: &Admin, form: &Form, need: Option<Need>) -> std::result::Result<(), Response> {
+/// Answers the refusal, if any.
+fn refused(app: &App, admin: &Admin, form: &Form, need: Option<Need>) -> Option<Response> {
     if !app.sessions.csrf_ok(&admin.claims, form.get("csrf")) {
-        return Err(error_page(
+        return Some(error_page(
             &Error::new(
                 ErrorCode::InvalidCsrfToken,
                 "the form did not carry this session's anti-forgery token; reload the page and send it again",
@@ -311,10 +313,8 @@ fn guard(app: &App, admin: &Admin, form: &Form, need: Option<Need>) -> std::resu
             "/admin",
         ));
     }
-    if let Some(need) = need {
-        check_org(&admin.principal, &admin.org, need).map_err(|e| error_page(&e.0, "/admin"))?;
-    }
-    Ok(())
+    let need = need?;
+    check_org(&admin.principal, &admin.org, need).err().map(|e| error_page(&e.0, "/admin"))
 }
 
 /// POST-redirect-GET: the message is shown once on the page redirected to.
@@ -373,7 +373,7 @@ fn chrome(admin: &Admin, org: &OrgView, active: &str, flash: Option<String>) -> 
         org_name: org.name.clone(),
         currency: org.currency.clone(),
         role,
-        role_label: format!("Signed in with a {} key", role.replace('_', " ")),
+        role_label: format!("Role: {}", role.replace('_', " ")),
         csrf: admin.csrf.clone(),
         can_billing: check_org(&admin.principal, &admin.org, Need::Billing).is_ok(),
         can_licenses: check_org(&admin.principal, &admin.org, Need::Licenses).is_ok(),
@@ -538,7 +538,10 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     let nonce = session::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
     if !app.sessions.login_ok(nonce, form.get("csrf")) {
         return error_page(
-            &Error::new(ErrorCode::InvalidCsrfToken, "the sign-in form has expired or was not sent from this site; open it again"),
+            &Error::new(
+                ErrorCode::InvalidCsrfToken,
+                "the sign-in form has expired or was not sent from this site; open it again",
+            ),
             "/admin/login",
         );
     }
@@ -586,7 +589,7 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
 }
 
 async fn logout(State(app): State<Arc<App>>, admin: Admin, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, None) {
+    if let Some(r) = refused(&app, &admin, &form, None) {
         return r;
     }
     app.sessions.sign_out(&admin.claims, Timestamp::now().as_second());
@@ -605,7 +608,12 @@ async fn overview(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap)
     .await
 }
 
-async fn billing_with(app: &Arc<App>, admin: &Admin, headers: &HeaderMap, form: Option<(FormState, &Error)>) -> Response {
+async fn billing_with(
+    app: &Arc<App>,
+    admin: &Admin,
+    headers: &HeaderMap,
+    form: Option<(FormState, &Error)>,
+) -> Response {
     let (status, form) = match form {
         Some((f, e)) => (status_of(e), Some(f)),
         None => (StatusCode::OK, None),
@@ -621,12 +629,13 @@ async fn billing(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap) 
 }
 
 async fn add_funds(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Billing)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Billing)) {
         return r;
     }
     let values = form.values(&["amount", "payment_method_id", "po_number"]);
     let (engine, org) = (app.engine.clone(), admin.org.clone());
-    let (amount, pm, po) = (form.get("amount").trim().to_string(), form.get("payment_method_id").to_string(), form.opt("po_number"));
+    let (amount, pm, po) =
+        (form.get("amount").trim().to_string(), form.get("payment_method_id").to_string(), form.opt("po_number"));
     // The API's path: place the order, charge it after the commit, answer its outcome.
     let result = blocking(move || {
         let order = engine.purchase(&org, &amount, &pm, po.as_deref(), None, Timestamp::now())?;
@@ -654,13 +663,14 @@ async fn add_funds(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap
                 ErrorCode::InvalidInput => "po_number",
                 _ => "_",
             };
-            billing_with(&app, &admin, &headers, Some((FormState::new("funds", values).with_error(field, &e), &e))).await
+            billing_with(&app, &admin, &headers, Some((FormState::new("funds", values).with_error(field, &e), &e)))
+                .await
         }
     }
 }
 
 async fn auto_recharge(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Billing)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Billing)) {
         return r;
     }
     let values = form.values(&["enabled", "amount", "threshold", "payment_method_id"]);
@@ -687,7 +697,10 @@ async fn auto_recharge(State(app): State<Arc<App>>, admin: Admin, headers: Heade
             Some(t) => {
                 let v = cur.parse_major(&t).map_err(|e| fail("threshold", e))?;
                 if v < 0 {
-                    return Err(fail("threshold", Error::new(ErrorCode::InvalidAmount, "the threshold cannot be negative")));
+                    return Err(fail(
+                        "threshold",
+                        Error::new(ErrorCode::InvalidAmount, "the threshold cannot be negative"),
+                    ));
                 }
                 Some(v)
             }
@@ -734,7 +747,7 @@ async fn auto_recharge(State(app): State<Arc<App>>, admin: Admin, headers: Heade
 }
 
 async fn add_card(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Billing)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Billing)) {
         return r;
     }
     // The card number is never sent back to the browser.
@@ -770,7 +783,7 @@ async fn add_card(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap,
 }
 
 async fn add_agreement(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Billing)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Billing)) {
         return r;
     }
     let number = form.get("agreement_number").trim().to_string();
@@ -806,18 +819,13 @@ async fn users_with(
     show(app, admin, headers, "users", "users.html", status, form, move |e, org| pages::users(e, org, &q)).await
 }
 
-async fn users(
-    State(app): State<Arc<App>>,
-    admin: Admin,
-    headers: HeaderMap,
-    Query(q): Query<UsersQuery>,
-) -> Response {
+async fn users(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, Query(q): Query<UsersQuery>) -> Response {
     let q = q.q;
     users_with(&app, &admin, &headers, q, None).await
 }
 
 async fn bulk_licenses(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Licenses)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Licenses)) {
         return r;
     }
     let sku = form.get("sku").to_string();
@@ -868,7 +876,7 @@ async fn set_licenses(
     Path(user): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Licenses)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Licenses)) {
         return r;
     }
     let cmd = Command::SetLicenses { org: admin.org.clone(), user: user.clone(), skus: form.all("skus") };
@@ -902,7 +910,7 @@ async fn update_user(
     Path(user): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Licenses)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Licenses)) {
         return r;
     }
     let changes = UserChanges {
@@ -915,11 +923,9 @@ async fn update_user(
         ..UserChanges::default()
     };
     match apply(&app, Command::UpdateUser(changes)).await {
-        Ok(commcredits_engine::Outcome::User(u)) => done(
-            &admin,
-            &format!("Calling policy of {} saved.", u.display_name),
-            &format!("/admin/users/{}", u.id),
-        ),
+        Ok(commcredits_engine::Outcome::User(u)) => {
+            done(&admin, &format!("Calling policy of {} saved.", u.display_name), &format!("/admin/users/{}", u.id))
+        }
         Ok(_) => done(&admin, "Calling policy saved.", "/admin/users"),
         Err(e) => {
             let field = match e.code {
@@ -948,7 +954,7 @@ async fn numbers(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap) 
 }
 
 async fn add_number(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap, form: Form) -> Response {
-    if let Err(r) = guard(&app, &admin, &form, Some(Need::Licenses)) {
+    if let Some(r) = refused(&app, &admin, &form, Some(Need::Licenses)) {
         return r;
     }
     let number = form.get("number").trim().to_string();

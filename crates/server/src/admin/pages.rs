@@ -131,7 +131,8 @@ pub fn bar_chart(cur: Currency, title: &str, points: &[(String, i64)]) -> Chart 
         .iter()
         .enumerate()
         .map(|(i, (label, v))| {
-            let h = if max > 0 { (i128::from((*v).max(0)) * i128::from(PLOT_HEIGHT) / i128::from(max)) as i64 } else { 0 };
+            let h =
+                if max > 0 { (i128::from((*v).max(0)) * i128::from(PLOT_HEIGHT) / i128::from(max)) as i64 } else { 0 };
             Bar {
                 x: PLOT_LEFT + slot * i as i64 + slot / 8,
                 y: PLOT_TOP + PLOT_HEIGHT - h,
@@ -673,7 +674,10 @@ impl UsageForm {
 /// A date of the form (`YYYY-MM-DD`) as the instant its UTC day starts.
 pub fn date_start(field: &str, text: &str) -> Result<Timestamp> {
     let d: jiff::civil::Date = text.trim().parse().map_err(|_| {
-        commcredits_core::Error::new(ErrorCode::InvalidTime, format!("{field} '{text}' is not a date such as 2026-11-01"))
+        commcredits_core::Error::new(
+            ErrorCode::InvalidTime,
+            format!("{field} '{text}' is not a date such as 2026-11-01"),
+        )
     })?;
     d.to_zoned_datetime(jiff::tz::TimeZone::UTC)
         .map(|z| z.timestamp())
@@ -706,7 +710,13 @@ pub struct Usage {
 }
 
 /// The report page: totals and the chart from one streamed scan, then one page of rows.
-pub fn usage(engine: &Engine, org: &str, form: &UsageForm, filter: &UsageFilter, cursor: Option<&str>) -> Result<Usage> {
+pub fn usage(
+    engine: &Engine,
+    org: &str,
+    form: &UsageForm,
+    filter: &UsageFilter,
+    cursor: Option<&str>,
+) -> Result<Usage> {
     let cur = Currency::parse(&engine.org_view(org)?.currency)?;
     let mut by_day: HashMap<String, i64> = HashMap::new();
     let mut spend = 0i64;
@@ -776,7 +786,10 @@ mod tests {
         let from: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
         let to: Timestamp = "2026-11-04T00:00:00Z".parse().unwrap();
         let m = HashMap::from([("2026-11-02".to_string(), 7)]);
-        assert_eq!(days(from, to, &m), vec![("2026-11-01".into(), 0), ("2026-11-02".into(), 7), ("2026-11-03".into(), 0)]);
+        assert_eq!(
+            days(from, to, &m),
+            vec![("2026-11-01".into(), 0), ("2026-11-02".into(), 7), ("2026-11-03".into(), 0)]
+        );
         let noon: Timestamp = "2026-11-03T12:00:00Z".parse().unwrap();
         assert_eq!(days(from, noon, &m).len(), 3);
     }
