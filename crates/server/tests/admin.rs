@@ -168,6 +168,25 @@ impl Page {
         rest[..rest.find('"').unwrap()].to_string()
     }
 
+    /// The value of the hidden field `name` of the form whose id is `form`.
+    #[track_caller]
+    fn hidden(&self, form: &str, name: &str) -> String {
+        let at = self.text.find(&format!("id=\"{form}\"")).unwrap_or_else(|| panic!("no form {form}: {self:?}"));
+        let start = format!("name=\"{name}\" value=\"");
+        let end = self.text[at..].find("</form>").map(|e| at + e).unwrap_or(self.text.len());
+        let field = self.text[at..end].find(&start).unwrap_or_else(|| panic!("no field {name} in {form}: {self:?}"));
+        let rest = &self.text[at + field + start.len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+
+    /// The one-shot message the page shows, if any.
+    fn flash(&self) -> Option<String> {
+        let at = self.text.find("<p class=\"flash\" role=\"status\">")?;
+        let rest = &self.text[at..];
+        let rest = &rest[rest.find('>').unwrap() + 1..];
+        Some(rest[..rest.find("</p>").unwrap()].to_string())
+    }
+
     #[track_caller]
     fn has_code(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "{self:?}");
@@ -484,6 +503,145 @@ async fn every_form_needs_the_session_token_and_the_api_role() {
     assert_eq!(app.engine.user(&s.org, &s.cy).unwrap().licenses, vec!["phone_system".to_string()]);
 }
 
+// ---------------------------------------------------------------- HTTP: sent twice, applied once
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_sent_twice_is_applied_once_and_answered_alike() {
+    let app = spawn_app().await;
+    let s = seed(&app);
+    let before = balance(&app, &s.org);
+    let orders = app.engine.orders(&s.org).unwrap().len();
+    let (mut b, _) = Browser::signed_in(&app, &s.admin).await;
+    let page = b.get("/admin/billing").await;
+    let t = page.csrf();
+
+    // Every form that moves money or creates something has its own fresh key.
+    let keys: Vec<String> =
+        ["funds-form", "ar-form", "card-form", "ea-form"].iter().map(|f| page.hidden(f, "idempotency_key")).collect();
+    for k in &keys {
+        assert!(k.len() >= 32 && k.bytes().all(|c| c.is_ascii_hexdigit()), "{k}");
+    }
+    assert_eq!(keys.iter().collect::<std::collections::HashSet<_>>().len(), keys.len(), "{keys:?}");
+    let key = keys[0].clone();
+    assert_ne!(b.get("/admin/billing").await.hidden("funds-form", "idempotency_key"), key, "a new key per render");
+
+    // Buy credits, then send the very same form again (a double click, a resubmission):
+    // the same redirect and message, one order, the balance up once.
+    let fields = [
+        ("csrf", t.as_str()),
+        ("idempotency_key", key.as_str()),
+        ("amount", "50.00"),
+        ("payment_method_id", s.card.as_str()),
+        ("po_number", ""),
+    ];
+    let first = b.post("/admin/billing/funds", &fields).await;
+    assert_eq!((first.status, first.location.as_str()), (303, "/admin/billing"), "{first:?}");
+    let message = b.get("/admin/billing").await.flash().expect("a message");
+    assert!(message.starts_with("Bought 50.00 USD of credits."), "{message}");
+    let again = b.post("/admin/billing/funds", &fields).await;
+    assert_eq!((again.status, again.location.as_str()), (303, "/admin/billing"), "{again:?}");
+    assert_eq!(b.get("/admin/billing").await.flash(), Some(message));
+    assert_eq!(balance(&app, &s.org), before + 5_000);
+    assert_eq!(app.engine.orders(&s.org).unwrap().len(), orders + 1);
+    // The same key with another request is refused with the API's code.
+    let mut other = fields;
+    other[2] = ("amount", "60.00");
+    b.post("/admin/billing/funds", &other).await.has_code(409, "idempotency_key_reused");
+    assert_eq!(balance(&app, &s.org), before + 5_000);
+    // A malformed key is refused before anything is applied.
+    let mut bad = fields;
+    bad[1] = ("idempotency_key", "<not a key>");
+    b.post("/admin/billing/funds", &bad).await.has_code(422, "invalid_input");
+    // A refusal is answered again as it was.
+    let page = b.get("/admin/billing").await;
+    let key = page.hidden("funds-form", "idempotency_key");
+    let low = [("csrf", t.as_str()), ("idempotency_key", &key), ("amount", "10.00"), ("payment_method_id", &s.card)];
+    for _ in 0..2 {
+        let r = b.post("/admin/billing/funds", &low).await;
+        r.has_code(422, "below_minimum_purchase");
+        assert!(r.text.contains("id=\"funds-amount-error\""));
+    }
+    assert_eq!(app.engine.orders(&s.org).unwrap().len(), orders + 1);
+
+    // A card, an agreement, auto-recharge: each sent twice, each applied once.
+    let methods = app.engine.payment_methods(&s.org).unwrap().len();
+    let page = b.get("/admin/billing").await;
+    let (card_key, ea_key, ar_key) = (
+        page.hidden("card-form", "idempotency_key"),
+        page.hidden("ea-form", "idempotency_key"),
+        page.hidden("ar-form", "idempotency_key"),
+    );
+    let card = [
+        ("csrf", t.as_str()),
+        ("idempotency_key", &card_key),
+        ("number", "5555 5555 5555 4444"),
+        ("exp", "10/2033"),
+        ("holder", "Accounts payable"),
+    ];
+    let ea = [("csrf", t.as_str()), ("idempotency_key", &ea_key), ("agreement_number", "EA-2")];
+    let ar = [
+        ("csrf", t.as_str()),
+        ("idempotency_key", &ar_key),
+        ("enabled", "on"),
+        ("amount", "60.00"),
+        ("threshold", "20.00"),
+        ("payment_method_id", &s.card),
+    ];
+    for (path, fields) in [
+        ("/admin/billing/cards", &card[..]),
+        ("/admin/billing/agreements", &ea[..]),
+        ("/admin/billing/auto-recharge", &ar[..]),
+    ] {
+        let first = b.post(path, fields).await;
+        assert_eq!((first.status, first.location.as_str()), (303, "/admin/billing"), "{path}: {first:?}");
+        let message = b.get("/admin/billing").await.flash();
+        let again = b.post(path, fields).await;
+        assert_eq!((again.status, again.location.as_str()), (303, "/admin/billing"), "{path}: {again:?}");
+        assert_eq!(b.get("/admin/billing").await.flash(), message, "{path}");
+    }
+    assert_eq!(app.engine.payment_methods(&s.org).unwrap().len(), methods + 2);
+    // The same card number with another expiry under the card's key: another request.
+    let mut card2 = card;
+    card2[3] = ("exp", "11/2033");
+    b.post("/admin/billing/cards", &card2).await.has_code(409, "idempotency_key_reused");
+    assert_eq!(app.engine.payment_methods(&s.org).unwrap().len(), methods + 2);
+
+    // A number, and a bulk license assignment.
+    let page = b.get("/admin/numbers").await;
+    let key = page.hidden("number-form", "idempotency_key");
+    let number = [
+        ("csrf", t.as_str()),
+        ("idempotency_key", &key),
+        ("number", "+18002660100"),
+        ("kind", "toll_free"),
+        ("user", ""),
+    ];
+    for _ in 0..2 {
+        let r = b.post("/admin/numbers", &number).await;
+        assert_eq!((r.status, r.location.as_str()), (303, "/admin/numbers"), "{r:?}");
+    }
+    assert_eq!(app.engine.numbers(&s.org).unwrap().len(), 1);
+    let page = b.get("/admin/users").await;
+    let key = page.hidden("bulk", "idempotency_key");
+    let bulk = [
+        ("csrf", t.as_str()),
+        ("idempotency_key", &key),
+        ("sku", "communications_credits"),
+        ("user_ids", &s.bob),
+        ("user_ids", &s.cy),
+        ("action", "assign"),
+    ];
+    for _ in 0..2 {
+        let r = b.post("/admin/users/assign", &bulk).await;
+        assert_eq!((r.status, r.location.as_str()), (303, "/admin/users"), "{r:?}");
+        assert_eq!(b.get("/admin/users").await.flash().as_deref(), Some("Communications Credits assigned to 2 users."));
+    }
+    let subs = app.engine.subscriptions(&s.org).unwrap();
+    let credits = subs.iter().find(|v| v.sku == "communications_credits").unwrap();
+    assert_eq!(credits.assigned, 3, "{credits:?}");
+    assert_eq!(balance(&app, &s.org), before + 5_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_shown_next_to_its_field_with_the_api_code_and_kept() {
     let app = spawn_app().await;
@@ -642,6 +800,7 @@ async fn static_files_are_cached_and_pages_are_not() {
 
 mod browser {
     use super::*;
+    use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
     use fantoccini::{Client, ClientBuilder, Locator};
     use std::path::PathBuf;
     use std::process::{Child, Command as Process, Stdio};
@@ -794,6 +953,35 @@ mod browser {
         let msg = flash(&c).await;
         assert!(msg.starts_with("Bought 50.00 USD of credits."), "{msg}");
         assert_eq!(text(&c, "#balance").await, cur(start_balance + 5_000));
+        // A double click on "Buy credits" places one order.
+        let orders = app.engine.orders(&s.org).unwrap().len();
+        fill(&c, "#funds-amount", "50.00").await;
+        c.find(Locator::Css("#funds-method")).await.unwrap().select_by_value(&s.card).await.unwrap();
+        let old = c.find(Locator::Css("html")).await.unwrap();
+        let button = c.find(Locator::Css("#funds-form button[type=submit]")).await.unwrap();
+        let press = |a: MouseActions| {
+            a.then(PointerAction::Down { button: MOUSE_BUTTON_LEFT })
+                .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT })
+        };
+        let double = press(
+            press(MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+                element: button,
+                duration: None,
+                x: 0.0,
+                y: 0.0,
+            }))
+            .then(PointerAction::Pause { duration: Duration::from_millis(15) }),
+        );
+        c.perform_actions(double).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while old.tag_name().await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the double click did not lead to another page");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let msg = flash(&c).await;
+        assert!(msg.starts_with("Bought 50.00 USD of credits."), "{msg}");
+        assert_eq!(app.engine.orders(&s.org).unwrap().len(), orders + 1, "one order for a double click");
+        assert_eq!(text(&c, "#balance").await, cur(start_balance + 10_000));
         // Turn on auto-recharge.
         let enabled = c.find(Locator::Css("#ar-enabled")).await.unwrap();
         if !enabled.is_selected().await.unwrap() {
@@ -812,7 +1000,7 @@ mod browser {
         shot(&c, "billing").await;
         // The overview shows the new balance.
         submit(&c, "nav.sections a[href='/admin']").await;
-        assert_eq!(text(&c, "#balance").await, cur(start_balance + 5_000));
+        assert_eq!(text(&c, "#balance").await, cur(start_balance + 10_000));
 
         // Assign Communications Credits to two users at once.
         c.goto(&format!("{base}/admin/users")).await.unwrap();

@@ -65,6 +65,8 @@ fn templates() -> &'static Environment<'static> {
         let mut env = Environment::new();
         // Everything is escaped for HTML (said here rather than left to the default).
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+        // A fresh idempotency key for each form rendered (`macros.html`'s `once`).
+        env.add_function("form_key", session::hex_token);
         for (name, text) in TEMPLATES {
             env.add_template(name, text).unwrap_or_else(|e| panic!("embedded template {name}: {e}"));
         }
@@ -238,16 +240,47 @@ async fn security_headers(req: Request, next: Next) -> Response {
     r
 }
 
-/// A submitted form (`application/x-www-form-urlencoded`), keeping repeated fields.
-pub struct Form(Vec<(String, String)>);
+/// A submitted form (`application/x-www-form-urlencoded`), keeping repeated fields,
+/// with the address it was sent to (part of its idempotency fingerprint).
+#[derive(Clone)]
+pub struct Form {
+    fields: Vec<(String, String)>,
+    uri: Uri,
+}
 
 impl Form {
     pub fn get(&self, name: &str) -> &str {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
     }
 
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+        self.fields.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// What the form asks for, as a hash: the API's request fingerprint
+    /// (`routes::fingerprint`) over the path and the fields sorted by name (repeated
+    /// fields keep their order), without the session-bound CSRF token and the key
+    /// itself, so the same form sent again hashes the same. A card number is cut to
+    /// its last four digits first, as the API does: the stored hash must not let
+    /// anyone recover the number.
+    fn fingerprint(&self) -> String {
+        let card_form = self.uri.path().ends_with("/billing/cards");
+        let mut fields: Vec<(&str, String)> = self
+            .fields
+            .iter()
+            .filter(|(k, _)| k != "csrf" && k != IDEMPOTENCY_FIELD)
+            .map(|(k, v)| {
+                if card_form && k == "number" {
+                    let digits: String = v.chars().filter(char::is_ascii_digit).collect();
+                    (k.as_str(), digits[digits.len().saturating_sub(4)..].to_string())
+                } else {
+                    (k.as_str(), v.clone())
+                }
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        crate::routes::fingerprint(&axum::http::Method::POST, &self.uri, body.as_bytes())
     }
 
     fn opt(&self, name: &str) -> Option<String> {
@@ -264,6 +297,7 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Response> {
+        let uri = req.uri().clone();
         let body = Bytes::from_request(req, state).await.map_err(|r| {
             let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ErrorCode::PayloadTooLarge
@@ -272,7 +306,7 @@ impl<S: Send + Sync> FromRequest<S> for Form {
             };
             error_page(&Error::new(code, "the form could not be read"), "/admin")
         })?;
-        Ok(Form(form_urlencoded::parse(&body).into_owned().collect()))
+        Ok(Form { fields: form_urlencoded::parse(&body).into_owned().collect(), uri })
     }
 }
 
@@ -301,7 +335,8 @@ impl FormState {
     }
 }
 
-/// The checks of every POST: the session's CSRF token, then the API's role matrix.
+/// The checks of every POST: the session's CSRF token, the form of its idempotency
+/// key (if any), then the API's role matrix.
 /// Answers the refusal, if any.
 fn refused(app: &App, admin: &Admin, form: &Form, need: Option<Need>) -> Option<Response> {
     if !app.sessions.csrf_ok(&admin.claims, form.get("csrf")) {
@@ -309,6 +344,15 @@ fn refused(app: &App, admin: &Admin, form: &Form, need: Option<Need>) -> Option<
             &Error::new(
                 ErrorCode::InvalidCsrfToken,
                 "the form did not carry this session's anti-forgery token; reload the page and send it again",
+            ),
+            "/admin",
+        ));
+    }
+    if !key_ok(form.get(IDEMPOTENCY_FIELD)) {
+        return Some(error_page(
+            &Error::new(
+                ErrorCode::InvalidInput,
+                "the form's idempotency key must be 1 to 128 letters, digits, '-' or '_'",
             ),
             "/admin",
         ));
@@ -440,6 +484,57 @@ fn status_of(e: &Error) -> StatusCode {
 async fn apply(app: &Arc<App>, cmd: Command) -> Result<commcredits_engine::Outcome> {
     let engine = app.engine.clone();
     blocking(move || engine.apply_one(Timestamp::now(), cmd)).await
+}
+
+/// The hidden field of every form that changes money or creates something: a fresh
+/// random key per rendered form (the templates' `form_key()`).
+pub const IDEMPOTENCY_FIELD: &str = "idempotency_key";
+
+/// Wraps a form's command as the API wraps a request that carries an
+/// `Idempotency-Key` (`Command::Idempotent`, conflict `idempotency_key_reused`): the
+/// first answer is stored with the effect, and the same form sent again (a double
+/// click, a browser's resubmission) is answered from it and changes nothing. A form
+/// without the field is applied as it is, like an API request without the header.
+/// (`refused` has checked the key's form.)
+fn once(admin: &Admin, form: &Form, cmd: Command) -> Command {
+    let key = form.get(IDEMPOTENCY_FIELD).trim();
+    if key.is_empty() {
+        return cmd;
+    }
+    Command::Idempotent {
+        org: admin.org.clone(),
+        key: key.to_string(),
+        fingerprint: form.fingerprint(),
+        conflict: ErrorCode::IdempotencyKeyReused,
+        inner: Box::new(cmd),
+    }
+}
+
+/// A form's idempotency key, when it has one, is what `form_key()` makes or close:
+/// 1 to 128 letters, digits, '-' or '_'.
+fn key_ok(key: &str) -> bool {
+    let key = key.trim();
+    key.len() <= 128 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A stored first answer that was a refusal, as that refusal again (so the form is
+/// shown with the same error); any other outcome as it is.
+fn unreplayed(outcome: commcredits_engine::Outcome) -> Result<commcredits_engine::Outcome> {
+    match outcome {
+        commcredits_engine::Outcome::Replayed { status, body } if status >= 400 => {
+            let code = body["code"]
+                .as_str()
+                .and_then(|c| ErrorCode::ALL.iter().copied().find(|k| k.as_str() == c))
+                .unwrap_or(ErrorCode::InvalidInput);
+            Err(Error::new(code, body["detail"].as_str().unwrap_or_default()))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Applies a form's command once per idempotency key (`once`).
+async fn apply_once(app: &Arc<App>, admin: &Admin, form: &Form, cmd: Command) -> Result<commcredits_engine::Outcome> {
+    apply(app, once(admin, form, cmd)).await.and_then(unreplayed)
 }
 
 async fn org_currency(app: &Arc<App>, org: &str) -> Result<Currency> {
@@ -634,11 +729,29 @@ async fn add_funds(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap
     }
     let values = form.values(&["amount", "payment_method_id", "po_number"]);
     let (engine, org) = (app.engine.clone(), admin.org.clone());
-    let (amount, pm, po) =
-        (form.get("amount").trim().to_string(), form.get("payment_method_id").to_string(), form.opt("po_number"));
-    // The API's path: place the order, charge it after the commit, answer its outcome.
+    let cmd = Command::PlaceOrder {
+        org: org.clone(),
+        amount: form.get("amount").trim().to_string(),
+        payment_method_id: form.get("payment_method_id").to_string(),
+        po_number: form.opt("po_number"),
+        purchased_at: None,
+    };
+    let cmd = once(&admin, &form, cmd);
+    // The API's path: place the order (once per form), charge it after the commit,
+    // answer the order's outcome.
     let result = blocking(move || {
-        let order = engine.purchase(&org, &amount, &pm, po.as_deref(), None, Timestamp::now())?;
+        let outcome = engine.apply_one(Timestamp::now(), cmd).and_then(unreplayed)?;
+        let (id, replayed) = match &outcome {
+            commcredits_engine::Outcome::Order(v) => (v.id.clone(), false),
+            commcredits_engine::Outcome::Replayed { body, .. } => {
+                (body["id"].as_str().unwrap_or_default().to_string(), true)
+            }
+            _ => return Err(Error::new(ErrorCode::Internal, "placing an order answered no order")),
+        };
+        let order = settled_order(&engine, &org, &id, replayed)?;
+        if let Some(e) = commcredits_engine::books::failed_order_error(&order) {
+            return Err(e);
+        }
         let credits = engine.credits(&org)?;
         Ok((order, credits))
     })
@@ -646,11 +759,18 @@ async fn add_funds(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap
     match result {
         Ok((order, credits)) => {
             let cur = Currency::parse(&order.currency).unwrap_or_else(|_| Currency::parse("USD").expect("USD"));
-            let msg = format!(
-                "Bought {} of credits. The balance is now {}.",
-                pages::money(cur, order.amount),
-                pages::money(cur, credits.balance)
-            );
+            let msg = if order.status == "pending" {
+                format!(
+                    "The order of {} of credits is placed; its payment is still being processed.",
+                    pages::money(cur, order.amount_minor)
+                )
+            } else {
+                format!(
+                    "Bought {} of credits. The balance is now {}.",
+                    pages::money(cur, order.amount_minor),
+                    pages::money(cur, credits.balance)
+                )
+            };
             done(&admin, &msg, "/admin/billing")
         }
         Err(e) => {
@@ -666,6 +786,22 @@ async fn add_funds(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap
             billing_with(&app, &admin, &headers, Some((FormState::new("funds", values).with_error(field, &e), &e)))
                 .await
         }
+    }
+}
+
+/// An order as it stands. A replayed purchase may arrive while the first submission
+/// is still charging it: wait a little for that outcome (the first answer's), then
+/// answer what there is (an order left pending is charged by `jobs run`).
+fn settled_order(engine: &Engine, org: &str, id: &str, replayed: bool) -> Result<commcredits_store::OrderRow> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let order = engine
+            .read(|tx| tx.get_order(org, id))?
+            .ok_or_else(|| Error::new(ErrorCode::Internal, format!("order {id} vanished")))?;
+        if !replayed || order.status != "pending" || std::time::Instant::now() >= deadline {
+            return Ok(order);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -722,7 +858,7 @@ async fn auto_recharge(State(app): State<Arc<App>>, admin: Admin, headers: Heade
         threshold: threshold.map(|t| pages::major(cur, t)),
         payment_method_id: form.opt("payment_method_id"),
     };
-    match apply(&app, cmd).await {
+    match apply_once(&app, &admin, &form, cmd).await {
         Ok(_) => {
             let msg = match (enabled, amount, threshold) {
                 (true, Some(a), Some(t)) => format!(
@@ -765,18 +901,25 @@ async fn add_card(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMap,
         holder: holder.clone().unwrap_or_default(),
     };
     let (engine, org) = (app.engine.clone(), admin.org.clone());
+    // Wrapped once tokenized, as the API does (its fingerprint holds the last 4 only).
+    let (a, f) = (admin.clone(), form.clone());
     let result = blocking(move || {
         let now = Timestamp::now();
         let token = engine.gateway().tokenize_card(&input, now)?;
         let label = format!("{} ending {}", token.brand, token.last4);
-        engine.apply_one(now, Command::AddCard { org, token, holder })?;
+        let cmd = once(&a, &f, Command::AddCard { org, token, holder });
+        engine.apply_one(now, cmd).and_then(unreplayed)?;
         Ok(label)
     })
     .await;
     match result {
         Ok(label) => done(&admin, &format!("Card added: {label}."), "/admin/billing"),
         Err(e) => {
-            let field = if e.code == ErrorCode::ExpiredCard { "exp" } else { "number" };
+            let field = match e.code {
+                ErrorCode::ExpiredCard => "exp",
+                ErrorCode::IdempotencyKeyReused => "_",
+                _ => "number",
+            };
             billing_with(&app, &admin, &headers, Some((fail(field, &e), &e))).await
         }
     }
@@ -787,11 +930,12 @@ async fn add_agreement(State(app): State<Arc<App>>, admin: Admin, headers: Heade
         return r;
     }
     let number = form.get("agreement_number").trim().to_string();
-    match apply(&app, Command::AddAgreement { org: admin.org.clone(), agreement_number: number.clone() }).await {
+    let cmd = Command::AddAgreement { org: admin.org.clone(), agreement_number: number.clone() };
+    match apply_once(&app, &admin, &form, cmd).await {
         Ok(_) => done(&admin, &format!("Enterprise Agreement {number} added."), "/admin/billing"),
         Err(e) => {
-            let state =
-                FormState::new("agreement", form.values(&["agreement_number"])).with_error("agreement_number", &e);
+            let field = if e.code == ErrorCode::IdempotencyKeyReused { "_" } else { "agreement_number" };
+            let state = FormState::new("agreement", form.values(&["agreement_number"])).with_error(field, &e);
             billing_with(&app, &admin, &headers, Some((state, &e))).await
         }
     }
@@ -834,7 +978,8 @@ async fn bulk_licenses(State(app): State<Arc<App>>, admin: Admin, headers: Heade
     let refuse = |e: Error| {
         let (app, admin, headers) = (app.clone(), admin.clone(), headers.clone());
         async move {
-            let state = FormState::new("bulk", values).with_error("sku", &e);
+            let field = if e.code == ErrorCode::IdempotencyKeyReused { "_" } else { "sku" };
+            let state = FormState::new("bulk", values).with_error(field, &e);
             users_with(&app, &admin, &headers, String::new(), Some((state, &e))).await
         }
     };
@@ -855,7 +1000,7 @@ async fn bulk_licenses(State(app): State<Arc<App>>, admin: Admin, headers: Heade
     } else {
         Command::RemoveLicense { org: admin.org.clone(), sku: sku.clone(), users }
     };
-    match apply(&app, cmd).await {
+    match apply_once(&app, &admin, &form, cmd).await {
         Ok(_) => {
             let who = if n == 1 { "1 user".to_string() } else { format!("{n} users") };
             let msg = if assign {
@@ -964,7 +1109,7 @@ async fn add_number(State(app): State<Arc<App>>, admin: Admin, headers: HeaderMa
         kind: form.get("kind").to_string(),
         user: form.opt("user"),
     };
-    match apply(&app, cmd).await {
+    match apply_once(&app, &admin, &form, cmd).await {
         Ok(_) => done(&admin, &format!("Number {number} added."), "/admin/numbers"),
         Err(e) => {
             let field = match e.code {

@@ -48,8 +48,8 @@ pub struct Sessions {
     signed_out: Mutex<HashMap<String, i64>>,
 }
 
-/// 128 random bits, hex.
-fn hex_token() -> String {
+/// 128 random bits, hex (session nonces, the forms' idempotency keys).
+pub fn hex_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
