@@ -872,9 +872,45 @@ mod browser {
         dir
     }
 
+    /// The width and height of a PNG (its IHDR chunk).
+    fn png_size(png: &[u8]) -> (u64, u64) {
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+        let be = |at: usize| u64::from(u32::from_be_bytes(png[at..at + 4].try_into().unwrap()));
+        (be(16), be(20))
+    }
+
+    /// A screenshot of the whole page, not only of what the window shows: the window
+    /// is made as tall as the document (at the width it has), then given its size back.
     async fn shot(c: &Client, name: &str) {
+        const MEASURE: &str = "return [document.documentElement.scrollHeight, \
+             Math.max(0, window.outerHeight - window.innerHeight), \
+             document.documentElement.clientWidth, window.devicePixelRatio];";
+        let measure = || async {
+            let m = c.execute(MEASURE, vec![]).await.expect("the page's size");
+            let n = |i: usize| m[i].as_f64().unwrap_or_else(|| panic!("{m:?}"));
+            (n(0) as u64, n(1) as u64, n(2) as u64, n(3))
+        };
+        let (width, height) = c.get_window_size().await.unwrap();
+        // Taller content can reflow once more (a scrollbar that goes): measure again.
+        let mut tall = 0;
+        for _ in 0..3 {
+            let (doc, frame, _, _) = measure().await;
+            if doc == tall {
+                break;
+            }
+            tall = doc;
+            c.set_window_size(width as u32, (doc + frame) as u32).await.unwrap();
+        }
         let png = c.screenshot().await.expect("a screenshot");
+        let (doc, _, inner, ratio) = measure().await;
+        let (w, h) = png_size(&png);
+        assert_eq!(
+            (w, h),
+            ((inner as f64 * ratio).round() as u64, (doc as f64 * ratio).round() as u64),
+            "{name}: the screenshot holds the whole page"
+        );
         std::fs::write(shots_dir().join(format!("{name}.png")), png).unwrap();
+        c.set_window_size(width as u32, height as u32).await.unwrap();
     }
 
     async fn text(c: &Client, css: &str) -> String {
