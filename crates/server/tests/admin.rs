@@ -187,6 +187,24 @@ impl Page {
         Some(rest[..rest.find("</p>").unwrap()].to_string())
     }
 
+    /// The address a link with this id leads to, unescaped.
+    #[track_caller]
+    fn link(&self, id: &str) -> Option<String> {
+        let at = self.text.find(&format!("id=\"{id}\""))?;
+        let open = self.text[..at].rfind("<a ").unwrap();
+        let tag = &self.text[open..open + self.text[open..].find('>').unwrap()];
+        let href = tag.split("href=\"").nth(1).unwrap_or_else(|| panic!("{id} has no href: {tag}"));
+        Some(href[..href.find('"').unwrap()].replace("&amp;", "&").replace("&#x2f;", "/"))
+    }
+
+    /// The rows of the usage page's table of calls.
+    fn calls(&self) -> Vec<String> {
+        let Some(at) = self.text.find("<table id=\"calls\">") else { return Vec::new() };
+        let body = &self.text[at..];
+        let body = &body[body.find("<tbody>").unwrap()..body.find("</tbody>").unwrap()];
+        body.split("<tr>").skip(1).map(str::to_string).collect()
+    }
+
     #[track_caller]
     fn has_code(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "{self:?}");
@@ -771,6 +789,62 @@ async fn invalid_input_is_shown_next_to_its_field_with_the_api_code_and_kept() {
     assert!(r.text.contains("data-code=\"invalid_country\"") && r.text.contains("value=\"GERMANY\""));
     b.get("/admin/usage?user=nobody%40contoso.example").await.has_code(404, "unknown_user");
     assert_eq!(balance(&app, &s.org), before, "nothing refused changed the balance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_table_pages_back_and_forth_with_its_filters_and_without_javascript() {
+    let app = spawn_app().await;
+    let s = seed(&app);
+    // 120 domestic calls (three pages) besides the seed's three to London.
+    let now = Timestamp::now();
+    let mut csv = String::from("call_id,type,user,from,to,start_time,duration_seconds\n");
+    for i in 0..120i64 {
+        let start = now.checked_sub(jiff::SignedDuration::from_mins(i + 1)).unwrap();
+        csv.push_str(&format!("page-{i},outbound,ada@contoso.example,+14155550100,+14155550123,{start},30\n"));
+    }
+    let report = app.engine.import_cdrs(&s.org, csv.as_bytes(), now, &mut |_| {}).unwrap();
+    assert_eq!(report.charged, 120, "{report:?}");
+    let (mut b, _) = Browser::signed_in(&app, &s.admin).await;
+    let from = &now.checked_sub(jiff::SignedDuration::from_hours(72)).unwrap().to_string()[..10];
+    let to = &now.to_string()[..10];
+    let filters = [format!("from={from}"), format!("to={to}"), "country=US".to_string()];
+    let keeps_filters = |href: &str| {
+        assert!(href.starts_with("/admin/usage?"), "{href}");
+        for f in &filters {
+            assert!(href.contains(f.as_str()), "{href} lost {f}");
+        }
+    };
+
+    let first = b.get(&format!("/admin/usage?from={from}&to={to}&country=US")).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.calls().len(), 50);
+    assert!(first.text.contains("Page 1 of 3"), "no page number on the first page");
+    assert_eq!(first.link("prev-page"), None, "no page before the first");
+    let next = first.link("next-page").expect("a next page");
+    keeps_filters(&next);
+    let second = b.get(&next).await;
+    assert_eq!((second.status, second.calls().len()), (200, 50));
+    assert!(second.text.contains("Page 2 of 3"));
+    let third = b.get(&second.link("next-page").expect("a third page")).await;
+    assert_eq!((third.status, third.calls().len()), (200, 20));
+    assert!(third.text.contains("Page 3 of 3"));
+    assert_eq!(third.link("next-page"), None);
+    let all: std::collections::HashSet<String> = [&first, &second, &third].iter().flat_map(|p| p.calls()).collect();
+    assert_eq!(all.len(), 120, "every call once, none from London");
+
+    // Back again, page by page: the same rows, the filters kept.
+    let prev = third.link("prev-page").expect("a previous page");
+    keeps_filters(&prev);
+    let back = b.get(&prev).await;
+    assert_eq!(back.status, 200, "{back:?}");
+    assert_eq!(back.calls(), second.calls());
+    assert!(back.text.contains("Page 2 of 3"));
+    let prev = back.link("prev-page").expect("a previous page");
+    keeps_filters(&prev);
+    assert!(!prev.contains("cursor="), "the first page has no cursor: {prev}");
+    let back = b.get(&prev).await;
+    assert_eq!(back.calls(), first.calls());
+    assert_eq!(back.link("prev-page"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use commcredits_engine::usage::UsageFilter;
 use commcredits_engine::views::{OrderView, PaymentMethodView};
 use commcredits_engine::Engine;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Rows of the usage table per page.
 pub const USAGE_PAGE_ROWS: usize = 50;
@@ -704,6 +704,12 @@ pub struct Usage {
     pub rows: Vec<UsageLine>,
     pub next: Option<String>,
     pub paged: bool,
+    /// The query of the page before this one (filters and its cursor, none for the
+    /// first page); absent on the first page.
+    pub prev: Option<String>,
+    /// This page's number and how many there are (`USAGE_PAGE_ROWS` rows each).
+    pub page_number: usize,
+    pub pages: usize,
     pub chart: Chart,
     pub query: String,
     pub users: Vec<Choice>,
@@ -720,14 +726,42 @@ pub fn usage(
     let cur = Currency::parse(&engine.org_view(org)?.currency)?;
     let mut by_day: HashMap<String, i64> = HashMap::new();
     let mut spend = 0i64;
+    // Paging backwards from the same scan: the cursor of the page before is the row
+    // `USAGE_PAGE_ROWS` before this page's cursor, so the last ids up to the cursor are
+    // kept (no more than a page's worth).
+    let mut seen = 0usize;
+    let mut recent: VecDeque<String> = VecDeque::with_capacity(USAGE_PAGE_ROWS + 1);
+    let mut found: Option<(usize, Option<String>)> = None;
     let calls = engine.for_each_usage(org, filter, &mut |r| {
         *by_day.entry(day(&r.start_time)).or_default() += r.charge;
         spend += r.charge;
+        if let (Some(c), None) = (cursor, &found) {
+            if recent.len() > USAGE_PAGE_ROWS {
+                recent.pop_front();
+            }
+            recent.push_back(r.usage_id.clone());
+            if r.usage_id == c {
+                let before = (recent.len() > USAGE_PAGE_ROWS).then(|| recent[0].clone());
+                found = Some((seen + 1, before));
+            }
+        }
+        seen += 1;
         Ok(())
     })?;
     let (from, to) = (filter.from.unwrap_or(Timestamp::UNIX_EPOCH), filter.to.unwrap_or(Timestamp::MAX));
     let chart = bar_chart(cur, "Credits spend per day", &days(from, to, &by_day));
     let page = engine.usage_page(org, filter, cursor, USAGE_PAGE_ROWS)?;
+    // Where this page starts (rows before it), and the previous page's query.
+    let (start, prev) = match found {
+        Some((start, before)) => {
+            let mut q = form_urlencoded::Serializer::new(form.query());
+            if let Some(b) = before {
+                q.append_pair("cursor", &b);
+            }
+            (start, Some(q.finish()))
+        }
+        None => (0, None),
+    };
     let mut users: Vec<Choice> =
         engine.users(org)?.iter().map(|u| Choice { value: u.upn.clone(), label: u.upn.clone() }).collect();
     users.sort_by(|a, b| a.value.cmp(&b.value));
@@ -751,6 +785,9 @@ pub fn usage(
             .collect(),
         next: page.next_cursor,
         paged: cursor.is_some(),
+        prev,
+        page_number: start.div_ceil(USAGE_PAGE_ROWS) + 1,
+        pages: calls.div_ceil(USAGE_PAGE_ROWS).max(1),
         chart,
         query: form.query(),
         users,
