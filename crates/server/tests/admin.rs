@@ -876,6 +876,7 @@ mod browser {
     use super::*;
     use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
     use fantoccini::{Client, ClientBuilder, Locator};
+    use std::os::unix::process::CommandExt;
     use std::path::PathBuf;
     use std::process::{Child, Command as Process, Stdio};
     use std::time::Duration;
@@ -885,8 +886,13 @@ mod browser {
 
     struct Driver(Child);
 
+    /// chromedriver leads a process group of its own, which the Chromium it starts
+    /// joins: the whole group ends with the test, also when a failed assertion left the
+    /// browser session open.
     impl Drop for Driver {
         fn drop(&mut self) {
+            let _ =
+                Process::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).stderr(Stdio::null()).status();
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
@@ -908,6 +914,7 @@ mod browser {
         let port = free_port();
         let child = Process::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
