@@ -68,6 +68,10 @@ enum Verb {
         /// Seconds a reservation stays valid beyond its granted time without an update or end.
         #[arg(long, default_value_t = 30)]
         reservation_grace: i64,
+        /// Signs the admin pages' session cookies. Servers behind one address must share
+        /// it; without it each start picks a random one (signing everyone out).
+        #[arg(long, env = "COMMCREDITS_SESSION_SECRET", hide_env_values = true)]
+        session_secret: Option<String>,
     },
     /// Organizations.
     #[command(subcommand)]
@@ -605,9 +609,10 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Some(t) => parse_time("--now", t)?,
         None => Timestamp::now(),
     };
-    if let Verb::Serve { listen, demo, jobs_every, reservation_grace } = &cli.command {
+    if let Verb::Serve { listen, demo, jobs_every, reservation_grace, session_secret } = &cli.command {
         let channels = delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url)?;
-        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, channels, now);
+        let secret = session_secret.as_deref();
+        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, secret, channels, now);
     }
     if matches!(cli.command, Verb::Demo) {
         let engine = Engine::open(&cli.db)?;
@@ -1000,6 +1005,7 @@ fn serve(
     demo: bool,
     jobs_every: u64,
     grace_seconds: i64,
+    session_secret: Option<&str>,
     channels: commcredits_engine::delivery::Delivery,
     now: Timestamp,
 ) -> Result<ExitCode> {
@@ -1042,6 +1048,7 @@ fn serve(
             println!();
             println!("Demo organization: {}", report.org_id);
             println!("API:               http://{addr}/v1 (OpenAPI at http://{addr}/openapi.json)");
+            println!("Admin center:      http://{addr}/admin/login (sign in with the admin API key)");
             println!("Admin API key:     {}", key.secret);
             println!("Call-control key:  {}", cc.secret);
             println!("Keys are shown once. Try:");
@@ -1054,13 +1061,14 @@ fn serve(
             println!("Create a key with: commcredits --db {db} keys create --org ORG --role admin");
         }
     }
-    println!("Listening on http://{addr} (API under /v1, OpenAPI at /openapi.json)");
+    println!("Listening on http://{addr} (API under /v1, OpenAPI at /openapi.json, admin center at /admin)");
     runtime
         .block_on(commcredits_server::serve(
             engine,
             listener,
             std::time::Duration::from_secs(jobs_every.max(1)),
             channels,
+            session_secret,
         ))
         .map_err(|e| err!(ErrorCode::Internal, "server failed: {e}"))?;
     eprintln!("Stopped.");

@@ -29,12 +29,14 @@ fn serve_demo_prints_a_working_key_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut key, mut org, mut addr) = (String::new(), String::new(), String::new());
+    let (mut key, mut org, mut addr, mut admin) = (String::new(), String::new(), String::new(), String::new());
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(k) = line.strip_prefix("Admin API key:") {
             key = k.trim().to_string();
+        } else if let Some(a) = line.strip_prefix("Admin center:") {
+            admin = a.split_whitespace().next().unwrap_or("").to_string();
         } else if let Some(o) = line.strip_prefix("Demo organization:") {
             org = o.trim().to_string();
         } else if let Some(rest) = line.strip_prefix("Listening on http://") {
@@ -50,6 +52,9 @@ fn serve_demo_prints_a_working_key_and_stops_on_sigterm() {
     assert!(credits["balance"].as_i64().unwrap() > 0);
     let (status, _) = get(&addr, "/healthz", "");
     assert_eq!(status, 200);
+    assert_eq!(admin, format!("http://{addr}/admin/login"), "the admin center's address is printed");
+    let (status, body) = get(&addr, "/admin/login", "");
+    assert_eq!(status, 200, "{body}");
     // Graceful stop.
     let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(ok.success());

@@ -22,12 +22,12 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
-    fn blocked(&self, ip: IpAddr) -> bool {
+    pub(crate) fn blocked(&self, ip: IpAddr) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(&ip).is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
     }
 
-    fn fail(&self, ip: IpAddr) {
+    pub(crate) fn fail(&self, ip: IpAddr) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 100_000 {
             seen.retain(|_, (start, _)| start.elapsed() < FAILURE_WINDOW);
@@ -40,6 +40,11 @@ impl FailureLimiter {
     }
 }
 
+/// The address a request came from (the limiter's key).
+pub(crate) fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
 /// The authenticated caller.
 pub struct Auth(pub Principal);
 
@@ -47,11 +52,7 @@ impl FromRequestParts<Arc<App>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let ip = client_ip(&parts.extensions);
         if app.failures.blocked(ip) {
             return Err(err(
                 ErrorCode::RateLimited,

@@ -2,6 +2,7 @@
 //! blocking pool against reader connections; call control goes through the
 //! group-commit writer; everything else is applied one command at a time.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod reports;
@@ -36,6 +37,8 @@ pub struct App {
     pub calls: writer::CallWriter,
     pub failures: auth::FailureLimiter,
     pub metrics: PrometheusHandle,
+    /// Signs and checks the admin pages' session cookies.
+    pub sessions: admin::session::Sessions,
 }
 
 #[derive(OpenApi)]
@@ -114,23 +117,24 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole application: API, OpenAPI document, health, metrics.
+/// The whole application: API, OpenAPI document, admin pages, health, metrics.
 pub fn router(app: Arc<App>) -> Router {
     let (api, doc) = api();
     let doc = Arc::new(doc);
-    api.route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { axum::Json(doc.as_ref().clone()) }
-        }),
-    )
-    .route("/healthz", axum::routing::get(healthz))
-    .route("/metrics", axum::routing::get(metrics_text))
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(middleware::from_fn(track))
-    .with_state(app)
+    api.merge(admin::routes(app.clone()))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+        .with_state(app)
 }
 
 async fn not_found() -> Response {
@@ -187,7 +191,19 @@ impl App {
     }
 
     pub fn with_delivery(engine: Arc<Engine>, delivery: commcredits_engine::delivery::Delivery) -> Arc<App> {
+        App::with_options(engine, delivery, None)
+    }
+
+    /// `session_secret`: signs the admin pages' session cookies. Servers behind one
+    /// address must share it; without one each process picks a random secret (its
+    /// sessions end when it restarts).
+    pub fn with_options(
+        engine: Arc<Engine>,
+        delivery: commcredits_engine::delivery::Delivery,
+        session_secret: Option<&str>,
+    ) -> Arc<App> {
         Arc::new(App {
+            sessions: admin::session::Sessions::new(session_secret),
             delivery,
             calls: writer::CallWriter::start(engine.clone()),
             engine,
@@ -258,8 +274,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     jobs_every: Duration,
     delivery: commcredits_engine::delivery::Delivery,
+    session_secret: Option<&str>,
 ) -> std::io::Result<()> {
-    let app = App::with_delivery(engine.clone(), delivery);
+    let app = App::with_options(engine.clone(), delivery, session_secret);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let jobs = spawn_jobs(engine, jobs_every, stop_rx.clone());
     let sender = spawn_delivery(app.clone(), Duration::from_secs(5).min(jobs_every), stop_rx);

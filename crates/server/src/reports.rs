@@ -96,6 +96,12 @@ pub async fn pstn_usage(
     Query(q): Query<UsageQuery>,
 ) -> ApiResult {
     check_org(&p, &org, Need::Read)?;
+    usage_response(&app, org, q).await
+}
+
+/// The usage report for a caller already allowed to read `org`: a JSON page, or a CSV
+/// or Excel file streamed. The API and the admin pages' export links both answer here.
+pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -> ApiResult {
     let filter = UsageFilter {
         from: Some(time("from", &q.from)?),
         to: Some(time("to", &q.to)?),
