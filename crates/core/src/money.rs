@@ -68,14 +68,23 @@ impl Currency {
 
     /// Formats minor units as a decimal in major units: 1234 USD -> "12.34".
     pub fn format_minor(self, minor: i64) -> String {
+        let mut s = String::new();
+        self.write_minor(&mut s, minor);
+        s
+    }
+
+    /// [`Currency::format_minor`], appended to `out`.
+    pub fn write_minor(self, out: &mut String, minor: i64) {
+        use std::fmt::Write;
         let exp = self.exponent();
         if exp == 0 {
-            return minor.to_string();
+            let _ = write!(out, "{minor}");
+            return;
         }
         let scale = self.scale().unsigned_abs();
         let sign = if minor < 0 { "-" } else { "" };
         let abs = minor.unsigned_abs();
-        format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize)
+        let _ = write!(out, "{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize);
     }
 
     /// Converts a major-unit decimal (a rate-deck connection fee) to minor units,

@@ -194,8 +194,8 @@ impl Engine {
             let users = users_by_id(tx.list_users(org_id)?);
             let mut agg = Aggregate::default();
             tx.for_each_cdr(org_id, from, to, &mut |c| {
-                same_currency(&o, &c)?;
-                agg.add(&c);
+                same_currency(&o, c)?;
+                agg.add(c);
                 Ok(())
             })?;
             Ok((o, users, agg))
@@ -256,9 +256,9 @@ impl Engine {
             let mut per: HashMap<String, Usage> = HashMap::new();
             tx.for_each_cdr(org_id, from, to, &mut |c| {
                 if c.call_type == "conference_dial_out" {
-                    same_currency(&o, &c)?;
+                    same_currency(&o, c)?;
                     if let Some(u) = &c.user_id {
-                        per.entry(u.clone()).or_default().add(&c);
+                        per.entry(u.clone()).or_default().add(c);
                     }
                 }
                 Ok(())
@@ -349,7 +349,7 @@ impl Engine {
             let mut buckets = vec![0i64; MAX_LOOKBACK_DAYS as usize];
             let mut first: Option<Timestamp> = None;
             tx.for_each_cdr(org_id, scan_from, now, &mut |c| {
-                same_currency(&o, &c)?;
+                same_currency(&o, c)?;
                 first = Some(first.map_or(c.start_at, |f| f.min(c.start_at)));
                 buckets[day_index(now, c.start_at)] += c.charge_minor;
                 Ok(())

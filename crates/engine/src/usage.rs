@@ -97,6 +97,57 @@ pub struct UsageRow {
     pub end: Timestamp,
 }
 
+/// One call as the report shows it, borrowed from the stored call and the
+/// organization's users.
+pub struct UsageRef<'a> {
+    pub cdr: &'a CdrRow,
+    pub conference_id: &'a str,
+    pub user_location: &'a str,
+    pub upn: &'a str,
+    pub user_display_name: &'a str,
+    pub call_type: &'static str,
+    pub number_type: &'static str,
+    pub domestic_international: &'static str,
+    pub destination_dialed: &'a str,
+    pub capability: &'static str,
+}
+
+impl UsageRef<'_> {
+    pub fn to_row(&self) -> UsageRow {
+        let c = self.cdr;
+        UsageRow {
+            usage_id: c.usage_id.clone(),
+            call_id: c.call_id.clone(),
+            conference_id: self.conference_id.into(),
+            user_location: self.user_location.into(),
+            user_id: c.user_id.clone().unwrap_or_default(),
+            upn: self.upn.into(),
+            user_display_name: self.user_display_name.into(),
+            caller_id: c.from_number.clone(),
+            call_type: self.call_type.into(),
+            number_type: self.number_type.into(),
+            domestic_international: self.domestic_international.into(),
+            destination_dialed: self.destination_dialed.into(),
+            destination_number: c.to_number.clone(),
+            start_time: crate::views::iso(c.start_at),
+            end_time: crate::views::iso(c.end_at),
+            duration_seconds: c.duration_seconds,
+            connection_fee: c.connection_fee_minor,
+            charge: c.charge_minor,
+            currency: c.currency.clone(),
+            capability: self.capability.into(),
+            funding: c.funding.clone(),
+            plan_minutes: c.plan_minutes,
+            charged_seconds: c.charged_seconds,
+            overrun_seconds: c.overrun_seconds,
+            rate_per_minute: c.rate_per_minute.clone().unwrap_or_default(),
+            source: c.source.clone(),
+            start: c.start_at,
+            end: c.end_at,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct UsagePage {
     pub items: Vec<UsageRow>,
@@ -131,7 +182,7 @@ impl Engine {
         })
     }
 
-    fn usage_row(&self, ctx: &Context, c: CdrRow) -> UsageRow {
+    fn usage_ref<'a>(&'a self, ctx: &'a Context, c: &'a CdrRow) -> UsageRef<'a> {
         let user = c.user_id.as_ref().and_then(|u| ctx.users.get(u));
         let capability = if c.funding == "emergency" {
             "MCOEV"
@@ -145,57 +196,39 @@ impl Engine {
                 _ => "MCOPSTN1",
             }
         };
-        let dest_name = c
+        let destination_dialed = c
             .dest_country
             .as_deref()
             .and_then(|d| Country::parse(d).ok())
             .and_then(|d| self.catalog().country_info(d))
-            .map(|i| i.name.clone())
-            .or_else(|| c.rate_name.clone())
+            .map(|i| i.name.as_str())
+            .or(c.rate_name.as_deref())
             .unwrap_or_default();
-        UsageRow {
-            usage_id: c.usage_id,
-            conference_id: if c.call_type == "conference_dial_out" { c.call_id.clone() } else { String::new() },
-            call_id: c.call_id,
-            user_location: user.map(|(u, _)| u.usage_location.clone()).unwrap_or_else(|| ctx.org_country.clone()),
-            user_id: c.user_id.clone().unwrap_or_default(),
-            upn: user.map(|(u, _)| u.upn.clone()).unwrap_or_default(),
-            user_display_name: user.map(|(u, _)| u.display_name.clone()).unwrap_or_default(),
-            caller_id: c.from_number,
-            call_type: report_call_type(&c.call_type).into(),
+        UsageRef {
+            cdr: c,
+            conference_id: if c.call_type == "conference_dial_out" { &c.call_id } else { "" },
+            user_location: user.map(|(u, _)| u.usage_location.as_str()).unwrap_or(&ctx.org_country),
+            upn: user.map(|(u, _)| u.upn.as_str()).unwrap_or_default(),
+            user_display_name: user.map(|(u, _)| u.display_name.as_str()).unwrap_or_default(),
+            call_type: report_call_type(&c.call_type),
             number_type: match c.call_type.as_str() {
                 "outbound" => "user",
                 "conference_dial_out" => "service",
                 _ => "toll_free",
-            }
-            .into(),
-            domestic_international: if c.domestic { "Domestic" } else { "International" }.into(),
-            destination_dialed: dest_name,
-            destination_number: c.to_number,
-            start_time: crate::views::iso(c.start_at),
-            end_time: crate::views::iso(c.end_at),
-            duration_seconds: c.duration_seconds,
-            connection_fee: c.connection_fee_minor,
-            charge: c.charge_minor,
-            currency: c.currency,
-            capability: capability.into(),
-            funding: c.funding,
-            plan_minutes: c.plan_minutes,
-            charged_seconds: c.charged_seconds,
-            overrun_seconds: c.overrun_seconds,
-            rate_per_minute: c.rate_per_minute.unwrap_or_default(),
-            source: c.source,
-            start: c.start_at,
-            end: c.end_at,
+            },
+            domestic_international: if c.domestic { "Domestic" } else { "International" },
+            destination_dialed,
+            capability,
         }
     }
 
-    /// Hands each report row matching `filter` to `f`, oldest first, streaming.
-    pub fn for_each_usage(
+    /// Hands each report row matching `filter` to `f`, oldest first, streaming, as a
+    /// view of the stored call (what the exports write from, without copying).
+    pub fn for_each_usage_ref(
         &self,
         org_id: &str,
         filter: &UsageFilter,
-        f: &mut dyn FnMut(&UsageRow) -> Result<()>,
+        f: &mut dyn FnMut(&UsageRef<'_>) -> Result<()>,
     ) -> Result<usize> {
         let ctx = self.usage_context(org_id)?;
         let user_id = match &filter.user {
@@ -228,7 +261,7 @@ impl Engine {
                         return Ok(());
                     }
                 }
-                let row = self.usage_row(&ctx, c);
+                let row = self.usage_ref(&ctx, c);
                 if filter.capability.as_ref().is_some_and(|x| *x != row.capability) {
                     return Ok(());
                 }
@@ -237,6 +270,16 @@ impl Engine {
             })
         })?;
         Ok(n)
+    }
+
+    /// Hands each report row matching `filter` to `f`, oldest first, streaming.
+    pub fn for_each_usage(
+        &self,
+        org_id: &str,
+        filter: &UsageFilter,
+        f: &mut dyn FnMut(&UsageRow) -> Result<()>,
+    ) -> Result<usize> {
+        self.for_each_usage_ref(org_id, filter, &mut |r| f(&r.to_row()))
     }
 
     /// One page of the report as JSON; the cursor is the last row's usage id.
@@ -289,44 +332,49 @@ impl Engine {
         let mut w = csv::WriterBuilder::new().from_writer(out);
         w.write_record(USAGE_HEADER).map_err(io)?;
         let mut cur: Option<Currency> = None;
-        let n = self.for_each_usage(org_id, filter, &mut |r| {
-            let c = *cur.get_or_insert_with(|| {
-                Currency::parse(&r.currency).unwrap_or_else(|_| Currency::parse("USD").expect("USD"))
+        // Numbers and times are formatted into these, reused for every row.
+        let mut f: [String; 9] = Default::default();
+        let n = self.for_each_usage_ref(org_id, filter, &mut |r| {
+            let c = r.cdr;
+            let money = *cur.get_or_insert_with(|| {
+                Currency::parse(&c.currency).unwrap_or_else(|_| Currency::parse("USD").expect("USD"))
             });
-            let (fee, charge) = (c.format_minor(r.connection_fee), c.format_minor(r.charge));
-            let (duration, plan, charged, overrun) = (
-                r.duration_seconds.to_string(),
-                r.plan_minutes.to_string(),
-                r.charged_seconds.to_string(),
-                r.overrun_seconds.to_string(),
-            );
+            f.iter_mut().for_each(String::clear);
+            crate::views::write_iso(&mut f[0], c.start_at);
+            crate::views::write_iso(&mut f[1], c.end_at);
+            money.write_minor(&mut f[2], c.connection_fee_minor);
+            money.write_minor(&mut f[3], c.charge_minor);
+            for (i, v) in [(4, c.duration_seconds), (5, c.plan_minutes), (6, c.charged_seconds), (7, c.overrun_seconds)]
+            {
+                let _ = std::fmt::Write::write_fmt(&mut f[i], format_args!("{v}"));
+            }
             w.write_record([
-                r.usage_id.as_str(),
-                &r.call_id,
-                &r.conference_id,
-                &r.user_location,
-                &r.user_id,
-                &r.upn,
-                &r.user_display_name,
-                &r.caller_id,
-                &r.call_type,
-                &r.number_type,
-                &r.domestic_international,
-                &r.destination_dialed,
-                &r.destination_number,
-                &r.start_time,
-                &r.end_time,
-                &duration,
-                &fee,
-                &charge,
-                &r.currency,
-                &r.capability,
-                &r.funding,
-                &plan,
-                &charged,
-                &overrun,
-                &r.rate_per_minute,
-                &r.source,
+                c.usage_id.as_str(),
+                &c.call_id,
+                r.conference_id,
+                r.user_location,
+                c.user_id.as_deref().unwrap_or_default(),
+                r.upn,
+                r.user_display_name,
+                &c.from_number,
+                r.call_type,
+                r.number_type,
+                r.domestic_international,
+                r.destination_dialed,
+                &c.to_number,
+                &f[0],
+                &f[1],
+                &f[4],
+                &f[2],
+                &f[3],
+                &c.currency,
+                r.capability,
+                &c.funding,
+                &f[5],
+                &f[6],
+                &f[7],
+                c.rate_per_minute.as_deref().unwrap_or_default(),
+                &c.source,
             ])
             .map_err(io)
         })?;
@@ -369,43 +417,44 @@ impl Engine {
         }
         let scale = 10f64.powi(currency.exponent() as i32);
         let mut row: u32 = 0;
-        let n = self.for_each_usage(org_id, filter, &mut |r| {
+        let n = self.for_each_usage_ref(org_id, filter, &mut |r| {
+            let c = r.cdr;
             row += 1;
             let strings: [(u16, &str); 13] = [
-                (0, &r.usage_id),
-                (1, &r.call_id),
-                (2, &r.conference_id),
-                (3, &r.user_location),
-                (4, &r.user_id),
-                (5, &r.upn),
-                (6, &r.user_display_name),
-                (7, &r.caller_id),
-                (8, &r.call_type),
-                (9, &r.number_type),
-                (10, &r.domestic_international),
-                (11, &r.destination_dialed),
-                (12, &r.destination_number),
+                (0, &c.usage_id),
+                (1, &c.call_id),
+                (2, r.conference_id),
+                (3, r.user_location),
+                (4, c.user_id.as_deref().unwrap_or_default()),
+                (5, r.upn),
+                (6, r.user_display_name),
+                (7, &c.from_number),
+                (8, r.call_type),
+                (9, r.number_type),
+                (10, r.domestic_international),
+                (11, r.destination_dialed),
+                (12, &c.to_number),
             ];
-            for (c, v) in strings {
-                ws.write_string(row, c, v).map_err(x)?;
+            for (col, v) in strings {
+                ws.write_string(row, col, v).map_err(x)?;
             }
-            let start = ExcelDateTime::from_timestamp(r.start.as_second()).map_err(x)?;
-            let end = ExcelDateTime::from_timestamp(r.end.as_second()).map_err(x)?;
+            let start = ExcelDateTime::from_timestamp(c.start_at.as_second()).map_err(x)?;
+            let end = ExcelDateTime::from_timestamp(c.end_at.as_second()).map_err(x)?;
             ws.write_datetime_with_format(row, 13, &start, &date).map_err(x)?;
             ws.write_datetime_with_format(row, 14, &end, &date).map_err(x)?;
-            ws.write_number(row, 15, r.duration_seconds as f64).map_err(x)?;
+            ws.write_number(row, 15, c.duration_seconds as f64).map_err(x)?;
             // Excel stores numbers as doubles: a minor-unit amount divided by 100 is the
             // nearest double to the exact decimal, which Excel shows exactly.
-            ws.write_number_with_format(row, 16, r.connection_fee as f64 / scale, &money).map_err(x)?;
-            ws.write_number_with_format(row, 17, r.charge as f64 / scale, &money).map_err(x)?;
-            ws.write_string(row, 18, &r.currency).map_err(x)?;
-            ws.write_string(row, 19, &r.capability).map_err(x)?;
-            ws.write_string(row, 20, &r.funding).map_err(x)?;
-            ws.write_number(row, 21, r.plan_minutes as f64).map_err(x)?;
-            ws.write_number(row, 22, r.charged_seconds as f64).map_err(x)?;
-            ws.write_number(row, 23, r.overrun_seconds as f64).map_err(x)?;
-            ws.write_string(row, 24, &r.rate_per_minute).map_err(x)?;
-            ws.write_string(row, 25, &r.source).map_err(x)?;
+            ws.write_number_with_format(row, 16, c.connection_fee_minor as f64 / scale, &money).map_err(x)?;
+            ws.write_number_with_format(row, 17, c.charge_minor as f64 / scale, &money).map_err(x)?;
+            ws.write_string(row, 18, &c.currency).map_err(x)?;
+            ws.write_string(row, 19, r.capability).map_err(x)?;
+            ws.write_string(row, 20, &c.funding).map_err(x)?;
+            ws.write_number(row, 21, c.plan_minutes as f64).map_err(x)?;
+            ws.write_number(row, 22, c.charged_seconds as f64).map_err(x)?;
+            ws.write_number(row, 23, c.overrun_seconds as f64).map_err(x)?;
+            ws.write_string(row, 24, c.rate_per_minute.as_deref().unwrap_or_default()).map_err(x)?;
+            ws.write_string(row, 25, &c.source).map_err(x)?;
             Ok(())
         })?;
         ws.autofilter(0, 0, row.max(1), (USAGE_HEADER.len() - 1) as u16).map_err(x)?;

@@ -366,7 +366,7 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
     let mut streamed = Vec::new();
     s.read(&mut |tx| {
         tx.for_each_cdr("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), &mut |c| {
-            streamed.push(c);
+            streamed.push(c.clone());
             Ok(())
         })
     })

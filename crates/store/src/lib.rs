@@ -121,13 +121,14 @@ pub trait Tx {
     /// CDRs that started in [from, to), oldest first.
     fn list_cdrs(&mut self, org_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<CdrRow>>;
     /// Hands each CDR that started in [from, to) to `f`, oldest first, streaming: memory
-    /// stays flat whatever the number of rows. `f` returning an error stops the scan.
+    /// stays flat whatever the number of rows (an adapter may hand the same row, refilled,
+    /// each time). `f` returning an error stops the scan.
     fn for_each_cdr(
         &mut self,
         org_id: &str,
         from: Timestamp,
         to: Timestamp,
-        f: &mut dyn FnMut(CdrRow) -> Result<()>,
+        f: &mut dyn FnMut(&CdrRow) -> Result<()>,
     ) -> Result<()>;
     fn insert_denial(&mut self, d: &DenialRow) -> Result<()>;
     fn list_denials(&mut self, org_id: &str) -> Result<Vec<DenialRow>>;

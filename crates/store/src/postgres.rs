@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_keys_idempotency.sql")),
     (3, include_str!("../migrations/postgres/0003_delivery.sql")),
+    (4, include_str!("../migrations/postgres/0004_cdrs_time_order.sql")),
 ];
 
 /// Connections per store, opened lazily. A PostgreSQL backend is a process: a few
@@ -1812,7 +1813,7 @@ impl Tx for PgTx<'_> {
         org_id: &str,
         from: Timestamp,
         to: Timestamp,
-        f: &mut dyn FnMut(CdrRow) -> Result<()>,
+        f: &mut dyn FnMut(&CdrRow) -> Result<()>,
     ) -> Result<()> {
         use postgres::fallible_iterator::FallibleIterator;
         const CONTEXT: &str = "scan cdrs";
@@ -1834,7 +1835,7 @@ impl Tx for PgTx<'_> {
             Ok(mut rows) => loop {
                 match rows.next() {
                     Ok(Some(row)) => {
-                        if let Err(e) = cdr_row(&row).and_then(&mut *f) {
+                        if let Err(e) = cdr_row(&row).and_then(|c| f(&c)) {
                             stopped = Some(e);
                             break;
                         }
