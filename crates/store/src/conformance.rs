@@ -372,6 +372,37 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
     })
     .unwrap();
     assert_eq!(streamed, vec![cdr.clone()]);
+    // Several rows stream in order, each whole: a toll-free call (no user, no plan, no
+    // rate name) between two others, and a call at the same instant ordered by call id.
+    let toll_free = CdrRow {
+        call_id: "c0".into(),
+        usage_id: "usage-0".into(),
+        call_type: "toll_free_inbound".into(),
+        user_id: None,
+        dest_country: None,
+        plan_kind: None,
+        rate_name: None,
+        rate_per_minute: None,
+        source: "import".into(),
+        ..cdr.clone()
+    };
+    let later = CdrRow {
+        call_id: "c9".into(),
+        usage_id: "usage-9".into(),
+        start_at: t("2026-03-01T10:30:00Z"),
+        from_number: "+4930123456789".into(),
+        ..cdr.clone()
+    };
+    write(&*s, |tx| tx.insert_cdrs(&[later.clone(), toll_free.clone()])).unwrap();
+    let mut streamed = Vec::new();
+    s.read(&mut |tx| {
+        tx.for_each_cdr("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), &mut |c| {
+            streamed.push(c.clone());
+            Ok(())
+        })
+    })
+    .unwrap();
+    assert_eq!(streamed, vec![toll_free, cdr.clone(), later]);
     assert_eq!(read(&*s, |tx| tx.list_denials("o1"))[0].reason, "insufficient_funds");
 }
 
