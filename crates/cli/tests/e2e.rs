@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_commcredits");
 /// The default clock of every command.
@@ -1512,4 +1512,18 @@ fn text_output_and_exit_codes() {
     let (code, v) = db.run_at("tomorrow", &["credits", "show", "--org", &o.id]);
     assert_eq!((code, s(&v, "code")), (1, "invalid_time".into()));
     db.check(&o.id);
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_a_crash() {
+    // `commcredits demo | head -1`: the pipe closes before the output is written.
+    let db = Db::new();
+    let mut c = Command::new(BIN);
+    c.arg("--db").arg(&db.url).arg("demo").env_remove("COMMCREDITS_DB").env_remove("COMMCREDITS_NOW");
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run commcredits");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for commcredits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
