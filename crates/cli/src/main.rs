@@ -2,21 +2,8 @@
 //! `--db`; output is human-readable, or the API's JSON objects with `--json`. Errors
 //! print their stable code and exit with status 1 (2 for a command-line mistake).
 
-/// `println!` that treats a closed pipe (`commcredits ledger ... | head`) as the end
-/// of the output, not a crash: the reader has what it wanted, so exit quietly.
-macro_rules! println {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            panic!("failed printing to stdout: {e}");
-        }
-    }};
-}
-
-/// `print!`, with the same treatment of a closed pipe.
+/// `print!` that treats a closed pipe (`commcredits ledger ... | head`) as the end of
+/// the output, not a crash: the reader has what it wanted, so exit quietly.
 macro_rules! print {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -27,6 +14,12 @@ macro_rules! print {
             panic!("failed printing to stdout: {e}");
         }
     }};
+}
+
+/// `println!` through the `print!` above.
+macro_rules! println {
+    () => { print!("\n") };
+    ($($arg:tt)*) => { print!("{}\n", format_args!($($arg)*)) };
 }
 
 mod output;

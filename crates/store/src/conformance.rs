@@ -28,7 +28,7 @@ fn org(id: &str) -> OrgRow {
     }
 }
 
-fn account(org_id: &str, balance: i64, reserved: i64) -> AccountRow {
+pub(crate) fn account(org_id: &str, balance: i64, reserved: i64) -> AccountRow {
     AccountRow {
         org_id: org_id.into(),
         currency: "USD".into(),
@@ -278,6 +278,20 @@ pub fn orders_pools_spend_and_notices(open: Factory) {
     assert_eq!(n[0].data, notice.data);
 }
 
+/// The CDRs of 1 March 2026 as `for_each_cdr` hands them over.
+fn stream(store: &dyn Store, org_id: &str) -> Vec<CdrRow> {
+    let mut streamed = Vec::new();
+    store
+        .read(&mut |tx| {
+            tx.for_each_cdr(org_id, t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), &mut |c| {
+                streamed.push(c.clone());
+                Ok(())
+            })
+        })
+        .unwrap();
+    streamed
+}
+
 pub fn reservations_cdrs_and_due_scans(open: Factory) {
     let s = open();
     let r = ReservationRow {
@@ -363,15 +377,7 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
     assert_eq!(read(&*s, |tx| tx.get_cdr("o1", "c1")), Some(cdr.clone()));
     assert_eq!(read(&*s, |tx| tx.list_cdrs("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"))).len(), 1);
     assert!(read(&*s, |tx| tx.list_cdrs("o1", t("2026-03-01T10:00:01Z"), t("2026-03-02T00:00:00Z"))).is_empty());
-    let mut streamed = Vec::new();
-    s.read(&mut |tx| {
-        tx.for_each_cdr("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), &mut |c| {
-            streamed.push(c.clone());
-            Ok(())
-        })
-    })
-    .unwrap();
-    assert_eq!(streamed, vec![cdr.clone()]);
+    assert_eq!(stream(&*s, "o1"), vec![cdr.clone()]);
     // Several rows stream in order, each whole: a toll-free call (no user, no plan, no
     // rate name) between two others, and a call at the same instant ordered by call id.
     let toll_free = CdrRow {
@@ -394,15 +400,7 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
         ..cdr.clone()
     };
     write(&*s, |tx| tx.insert_cdrs(&[later.clone(), toll_free.clone()])).unwrap();
-    let mut streamed = Vec::new();
-    s.read(&mut |tx| {
-        tx.for_each_cdr("o1", t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), &mut |c| {
-            streamed.push(c.clone());
-            Ok(())
-        })
-    })
-    .unwrap();
-    assert_eq!(streamed, vec![toll_free, cdr.clone(), later]);
+    assert_eq!(stream(&*s, "o1"), vec![toll_free, cdr.clone(), later]);
     assert_eq!(read(&*s, |tx| tx.list_denials("o1"))[0].reason, "insufficient_funds");
 }
 

@@ -602,19 +602,7 @@ mod tests {
     }
 
     fn account(balance: i64) -> AccountRow {
-        AccountRow {
-            org_id: "o1".into(),
-            currency: "USD".into(),
-            balance_minor: balance,
-            reserved_minor: 0,
-            ar_enabled: false,
-            ar_amount_minor: 0,
-            ar_threshold_minor: 0,
-            ar_payment_method_id: None,
-            ar_armed: true,
-            exhausted_notified: false,
-            low_balance_notified: false,
-        }
+        crate::conformance::account("o1", balance, 0)
     }
 
     fn reservation(call: u64, used: i64) -> ReservationRow {
