@@ -230,7 +230,7 @@ enum ReportVerb {
         /// End of the period (RFC 3339, exclusive).
         #[arg(long)]
         to: String,
-        /// csv or xlsx.
+        /// csv, xlsx, or zip (the original product's bundle: the CSV and parameters.json).
         #[arg(long, default_value = "csv")]
         format: String,
         #[arg(long)]
@@ -948,7 +948,16 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                     n
                 }
                 "xlsx" => e.write_usage_xlsx(&oid, &filter, &output)?,
-                other => return Err(err!(ErrorCode::InvalidInput, "--format must be csv or xlsx, not '{other}'")),
+                "zip" => {
+                    let file = std::fs::File::create(&output)
+                        .map_err(|er| err!(ErrorCode::InvalidInput, "cannot write {}: {er}", output.display()))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                    let id = commcredits_engine::usage::new_export_id();
+                    let n = e.write_usage_zip(&oid, &filter, &id, now, &mut w)?;
+                    w.flush().map_err(|er| err!(ErrorCode::InvalidInput, "cannot write {}: {er}", output.display()))?;
+                    n
+                }
+                other => return Err(err!(ErrorCode::InvalidInput, "--format must be csv, xlsx or zip, not '{other}'")),
             };
             bar.finish_and_clear();
             out.report_written(rows, &output.display().to_string(), &format);

@@ -1229,6 +1229,55 @@ fn lots_expire_after_twelve_calendar_months() {
     assert_eq!(i(&b, "charges"), 9);
 }
 
+#[test]
+fn usage_report_to_csv_excel_and_the_zip_bundle() {
+    let db = Db::new();
+    let o = setup(&db);
+    add_funds(&db, &o.id, "50", &o.card);
+    let csv = format!(
+        "call_id,type,user,from,to,start_time,duration_seconds\n\
+         u1,outbound,bob@contoso.com,{BOB_NUM},{UK_MOBILE},2026-11-01T10:00:00Z,120\n\
+         u2,outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-11-01T12:00:00Z,60\n"
+    );
+    let file = db.file_str("cdrs.csv");
+    std::fs::write(&file, csv).unwrap();
+    assert_eq!(i(&db.ok(&["cdr", "import", "--org", &o.id, &file]), "charged"), 2);
+    let period = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-12-01T00:00:00Z"];
+    let export = |format: &str| {
+        let path = db.file_str(&format!("usage.{format}"));
+        let mut args = vec!["report", "usage", "--org", &o.id, "--format", format, "--output", &path];
+        args.extend(period);
+        let r = db.ok(&args);
+        assert_eq!((i(&r, "rows"), s(&r, "format")), (2, format.to_string()), "{r}");
+        std::fs::read(&path).unwrap()
+    };
+    let csv = String::from_utf8(export("csv")).unwrap();
+    assert!(csv.starts_with("UsageId,Call ID,Conference ID,User Location,AAD ObjectId,UPN"), "{csv}");
+    assert_eq!(csv.lines().count(), 3);
+    assert!(export("xlsx").starts_with(b"PK"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(export("zip"))).unwrap();
+    let names: Vec<String> = zip.file_names().map(|n| n.unwrap().to_string()).collect();
+    assert!(names[0].starts_with("Calls.Export.") && names[0].ends_with(".csv") && names[1] == "parameters.json");
+    let mut inner = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name(&names[0]).unwrap(), &mut inner).unwrap();
+    assert_eq!(inner, csv);
+    let bad = db.fail(&[
+        "report",
+        "usage",
+        "--org",
+        &o.id,
+        "--format",
+        "pdf",
+        "--output",
+        &db.file_str("x"),
+        period[0],
+        period[1],
+        period[2],
+        period[3],
+    ]);
+    assert_eq!(bad, "invalid_input");
+}
+
 // ---------------------------------------------------------------------------
 // 8. CDR import
 // ---------------------------------------------------------------------------

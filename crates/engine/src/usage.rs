@@ -155,6 +155,11 @@ pub struct UsagePage {
     pub currency: String,
 }
 
+/// A new export's id, as in `Calls.Export.<id>.zip`.
+pub fn new_export_id() -> String {
+    crate::new_id()
+}
+
 /// The report's call type code for one of ours.
 pub fn report_call_type(call_type: &str) -> &'static str {
     match call_type {
@@ -380,6 +385,65 @@ impl Engine {
         })?;
         w.flush().map_err(|e| err!(ErrorCode::Internal, "writing the report: {e}"))?;
         Ok(n)
+    }
+
+    /// Writes the original product's export bundle, `Calls.Export.<id>.zip`: the CSV
+    /// (`Calls.Export.<id>.csv`) and `parameters.json` (the period, the filters, the
+    /// columns, the rows written). Streams: `out` need not seek; returns the rows written.
+    pub fn write_usage_zip(
+        &self,
+        org_id: &str,
+        filter: &UsageFilter,
+        export_id: &str,
+        now: Timestamp,
+        out: &mut dyn Write,
+    ) -> Result<usize> {
+        use zip::write::SimpleFileOptions;
+        let z = |e: zip::result::ZipError| err!(ErrorCode::Internal, "writing the bundle: {e}");
+        let org = self.org_view(org_id)?;
+        let mut zw = zip::ZipWriter::new_stream(out);
+        // Fast deflate, as for the workbook; zip64 so that any size fits.
+        let at = jiff::tz::TimeZone::UTC.to_datetime(now);
+        let stamp = zip::DateTime::from_date_and_time(
+            at.year() as u16,
+            at.month() as u8,
+            at.day() as u8,
+            at.hour() as u8,
+            at.minute() as u8,
+            at.second() as u8,
+        )
+        .unwrap_or_default();
+        let options = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .compression_level(Some(1))
+            .last_modified_time(stamp)
+            .large_file(true);
+        zw.start_file(format!("Calls.Export.{export_id}.csv"), options).map_err(z)?;
+        let rows = self.write_usage_csv(org_id, filter, &mut zw)?;
+        zw.start_file("parameters.json", options.large_file(false)).map_err(z)?;
+        let iso = |t: Option<Timestamp>| t.map(crate::views::iso);
+        let parameters = serde_json::json!({
+            "export_id": export_id,
+            "report": "pstn_usage",
+            "organization": {"id": org.id, "name": org.name},
+            "from": iso(filter.from),
+            "to": iso(filter.to),
+            "filters": {
+                "user": filter.user,
+                "call_type": filter.call_type,
+                "funding": filter.funding,
+                "capability": filter.capability,
+                "country": filter.country,
+            },
+            "currency": org.currency,
+            "columns": USAGE_HEADER,
+            "rows": rows,
+            "generated_at": crate::views::iso(now),
+        });
+        serde_json::to_writer_pretty(&mut zw, &parameters)
+            .map_err(|e| err!(ErrorCode::Internal, "writing the bundle: {e}"))?;
+        zw.finish().map_err(z)?;
+        Ok(rows)
     }
 
     /// Writes the report as an Excel workbook (constant-memory mode: typed cells, times

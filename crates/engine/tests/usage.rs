@@ -92,6 +92,20 @@ fn the_report_adds_up_to_the_ledger_to_the_cent() {
     assert_eq!(rows, stored.len());
     assert_eq!(charged, books.charges, "CSV Charge column vs ledger charges");
 
+    // The original product's bundle: the same CSV and the parameters, in a zip.
+    let mut bundle = Vec::new();
+    assert_eq!(e.write_usage_zip(&o.id, &month, "exp-1", now, &mut bundle).unwrap(), stored.len());
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bundle)).unwrap();
+    let names: Vec<String> = zip.file_names().map(|n| n.unwrap().to_string()).collect();
+    assert_eq!(names, ["Calls.Export.exp-1.csv", "parameters.json"]);
+    let mut inner = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("Calls.Export.exp-1.csv").unwrap(), &mut inner).unwrap();
+    assert_eq!(inner, std::fs::read_to_string(&csv_path).unwrap(), "the bundle holds the CSV export");
+    let parameters: serde_json::Value = serde_json::from_reader(zip.by_name("parameters.json").unwrap()).unwrap();
+    assert_eq!(parameters["rows"], stored.len());
+    assert_eq!(parameters["from"], "2026-11-01T00:00:00Z");
+    assert_eq!(parameters["columns"][1], "Call ID");
+
     // Excel: typed cells; the Charge column read back sums to the same cents.
     let xlsx_path = dir.path().join("usage.xlsx");
     assert_eq!(e.write_usage_xlsx(&o.id, &month, &xlsx_path).unwrap(), stored.len());

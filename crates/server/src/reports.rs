@@ -61,7 +61,7 @@ pub struct UsageQuery {
     pub from: String,
     /// End of the period, RFC 3339, exclusive.
     pub to: String,
-    /// json (default), csv or xlsx.
+    /// json (default), csv, xlsx, or zip (`Calls.Export.<id>.zip`: the CSV and parameters.json).
     pub format: Option<String>,
     /// A user id or UPN.
     pub user: Option<String>,
@@ -184,9 +184,25 @@ pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -
                 &format!("{name}.xlsx"),
             ))
         }
+        "zip" => {
+            let id = commcredits_engine::usage::new_export_id();
+            let filename = format!("Calls.Export.{id}.zip");
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tokio::task::spawn_blocking(move || {
+                let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+                let result = engine.write_usage_zip(&org, &filter, &id, Timestamp::now(), &mut w).and_then(|_| {
+                    std::io::Write::flush(&mut w)
+                        .map_err(|e| commcredits_core::Error::new(ErrorCode::Internal, e.to_string()))
+                });
+                if let Err(e) = result {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
+                }
+            });
+            Ok(file_response(Body::from_stream(ChunkStream(rx)), "application/zip", &filename))
+        }
         other => Err(ApiError(commcredits_core::Error::new(
             ErrorCode::InvalidInput,
-            format!("format must be json, csv or xlsx, not '{other}'"),
+            format!("format must be json, csv, xlsx or zip, not '{other}'"),
         ))),
     }
 }

@@ -1783,6 +1783,21 @@ async fn reports_stream_and_add_up() {
     assert!(xlsx.headers()["content-type"].to_str().unwrap().contains("spreadsheetml"));
     let bytes = xlsx.bytes().await.unwrap();
     assert!(bytes.starts_with(b"PK") && bytes.len() > 1000);
+    // The original product's bundle: Calls.Export.<id>.zip with the same CSV and the parameters.
+    let bundle =
+        app.request("GET", &p(&format!("/reports/pstn-usage?{period}&format=zip")), &s.reader).send().await.unwrap();
+    assert_eq!(bundle.status(), 200);
+    assert_eq!(bundle.headers()["content-type"], "application/zip");
+    let disposition = bundle.headers()["content-disposition"].to_str().unwrap().to_string();
+    assert!(disposition.contains("filename=\"Calls.Export.") && disposition.ends_with(".zip\""), "{disposition}");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bundle.bytes().await.unwrap())).unwrap();
+    let csv_name = zip.file_names().map(|n| n.unwrap().to_string()).find(|n| n.ends_with(".csv")).unwrap();
+    let mut inner = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name(&csv_name).unwrap(), &mut inner).unwrap();
+    // The same rows as the CSV export (usage ids are stable; only the file around them differs).
+    assert_eq!(inner, csv.text);
+    let parameters: serde_json::Value = serde_json::from_reader(zip.by_name("parameters.json").unwrap()).unwrap();
+    assert_eq!(parameters["rows"], 20);
     // JSON pages.
     let page = expect(&app.get(&p(&format!("/reports/pstn-usage?{period}&limit=15")), &s.reader).await, 200);
     assert_eq!(page["items"].as_array().unwrap().len(), 15);

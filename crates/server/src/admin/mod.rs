@@ -1292,16 +1292,16 @@ async fn usage(
     }
 }
 
-/// The report as CSV or Excel, streamed by the same code as the API's pstn-usage.
+/// The report as CSV, Excel or the zip bundle, streamed by the same code as the API's pstn-usage.
 async fn export(State(app): State<Arc<App>>, admin: Admin, Query(p): Query<UsageParams>) -> Response {
     if let Err(e) = check_org(&admin.principal, &admin.org, Need::Read) {
         return error_page(&e.0, "/admin/usage");
     }
     let format = match p.format.as_str() {
-        "csv" | "xlsx" => p.format.clone(),
+        "csv" | "xlsx" | "zip" => p.format.clone(),
         other => {
             return error_page(
-                &Error::new(ErrorCode::InvalidInput, format!("format must be csv or xlsx, not '{other}'")),
+                &Error::new(ErrorCode::InvalidInput, format!("format must be csv, xlsx or zip, not '{other}'")),
                 "/admin/usage",
             )
         }
