@@ -792,6 +792,87 @@ async fn invalid_input_is_shown_next_to_its_field_with_the_api_code_and_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_shown_before_a_change_elsewhere_does_not_undo_it() {
+    let app = spawn_app().await;
+    let s = seed(&app);
+    let (mut b, _) = Browser::signed_in(&app, &s.admin).await;
+    let now = Timestamp::now();
+    // Ada's page is shown, then her spend limit and a license change through the API.
+    let page = b.get(&format!("/admin/users/{}", s.ada)).await;
+    let users = b.get("/admin/users").await;
+    app.engine
+        .apply_one(
+            now,
+            Command::UpdateUser(commcredits_engine::admin::UserChanges {
+                org: s.org.clone(),
+                user: s.ada.clone(),
+                spend_limit: Some(Some("20.00".into())),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    app.engine
+        .apply_one(
+            now,
+            Command::AssignLicense {
+                org: s.org.clone(),
+                sku: "communications_credits".into(),
+                users: vec![s.bob.clone()],
+            },
+        )
+        .unwrap();
+    // The admin changes only the dial-out policy on the old page: the limit stays 20.00.
+    let form = "policy-form";
+    let r = b
+        .post(
+            &format!("/admin/users/{}", s.ada),
+            &[
+                ("csrf", &page.csrf()),
+                ("was_dial_out_policy", &page.hidden(form, "was_dial_out_policy")),
+                ("was_conference_dial_out_policy", &page.hidden(form, "was_conference_dial_out_policy")),
+                ("was_spend_limit", &page.hidden(form, "was_spend_limit")),
+                ("dial_out_policy", "domestic"),
+                ("conference_dial_out_policy", &page.hidden(form, "was_conference_dial_out_policy")),
+                ("spend_limit", &page.hidden(form, "was_spend_limit")),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    let ada = app.engine.user(&s.org, &s.ada).unwrap();
+    assert_eq!((ada.dial_out_policy.as_str(), ada.spend_limit), ("domestic", Some(2_000)));
+    // On the old users page Bob held Phone System only; the admin unticks nothing and
+    // ticks nothing new but saves: the license assigned meanwhile stays.
+    let lic = format!("lic-{}", s.bob);
+    assert_eq!(users.hidden(&lic, "held"), "phone_system");
+    let r = b
+        .post(
+            &format!("/admin/users/{}/licenses", s.bob),
+            &[("csrf", &users.csrf()), ("held_shown", "1"), ("held", "phone_system"), ("skus", "phone_system")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    let mut held = app.engine.user(&s.org, &s.bob).unwrap().licenses;
+    held.sort();
+    assert_eq!(held, ["communications_credits", "phone_system"]);
+    // What the admin does change applies: on a page that shows both, unticking
+    // Communications Credits removes it and keeps the rest.
+    let r = b
+        .post(
+            &format!("/admin/users/{}/licenses", s.bob),
+            &[
+                ("csrf", &users.csrf()),
+                ("held_shown", "1"),
+                ("held", "phone_system"),
+                ("held", "communications_credits"),
+                ("skus", "phone_system"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(app.engine.user(&s.org, &s.bob).unwrap().licenses, ["phone_system"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_table_pages_back_and_forth_with_its_filters_and_without_javascript() {
     let app = spawn_app().await;
     let s = seed(&app);

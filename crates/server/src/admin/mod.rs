@@ -1024,7 +1024,21 @@ async fn set_licenses(
     if let Some(r) = refused(&app, &admin, &form, Some(Need::Licenses)) {
         return r;
     }
-    let cmd = Command::SetLicenses { org: admin.org.clone(), user: user.clone(), skus: form.all("skus") };
+    // Only the toggles the admin changed are applied, to the licenses the user holds
+    // now: a license assigned or removed elsewhere since the page was shown stays so.
+    // (A form without `held`, from an older page, sets the checked licenses as they are.)
+    let (checked, held) = (form.all("skus"), form.all("held"));
+    let skus = if form.get("held_shown") == "1" {
+        let engine = app.engine.clone();
+        let (org, id) = (admin.org.clone(), user.clone());
+        match blocking(move || engine.user(&org, &id)).await {
+            Ok(current) => changed_licenses(current.licenses, &held, &checked),
+            Err(e) => return error_page(&e, "/admin/users"),
+        }
+    } else {
+        checked
+    };
+    let cmd = Command::SetLicenses { org: admin.org.clone(), user: user.clone(), skus };
     match apply(&app, cmd).await {
         Ok(commcredits_engine::Outcome::User(u)) => {
             done(&admin, &format!("Licenses of {} saved.", u.display_name), "/admin/users")
@@ -1058,13 +1072,19 @@ async fn update_user(
     if let Some(r) = refused(&app, &admin, &form, Some(Need::Licenses)) {
         return r;
     }
+    // Only the fields the admin changed from what the page showed are sent on, like a
+    // PATCH: a change made elsewhere since the page was shown is not overwritten.
+    let changed = |name: &str| {
+        let was = format!("was_{name}");
+        !form.fields.iter().any(|(k, _)| *k == was) || form.get(name).trim() != form.get(&was).trim()
+    };
     let changes = UserChanges {
         org: admin.org.clone(),
         user: user.clone(),
-        dial_out: form.opt("dial_out_policy"),
-        conference_dial_out: form.opt("conference_dial_out_policy"),
+        dial_out: form.opt("dial_out_policy").filter(|_| changed("dial_out_policy")),
+        conference_dial_out: form.opt("conference_dial_out_policy").filter(|_| changed("conference_dial_out_policy")),
         // An empty field removes the limit.
-        spend_limit: Some(form.opt("spend_limit")),
+        spend_limit: changed("spend_limit").then(|| form.opt("spend_limit")),
         ..UserChanges::default()
     };
     match apply(&app, Command::UpdateUser(changes)).await {
@@ -1331,6 +1351,18 @@ async fn export(State(app): State<Arc<App>>, admin: Admin, Query(p): Query<Usage
         Ok(r) => r,
         Err(e) => error_page(&e.0, "/admin/usage"),
     }
+}
+
+/// The licenses a user ends up with: those held now, with the toggles the admin
+/// changed on the page (`held` as shown, `checked` as sent) applied.
+fn changed_licenses(now: Vec<String>, held: &[String], checked: &[String]) -> Vec<String> {
+    let mut skus: Vec<String> = now.into_iter().filter(|s| !held.contains(s) || checked.contains(s)).collect();
+    for s in checked {
+        if !held.contains(s) && !skus.contains(s) {
+            skus.push(s.clone());
+        }
+    }
+    skus
 }
 
 #[cfg(test)]

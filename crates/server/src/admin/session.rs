@@ -151,9 +151,14 @@ impl Sessions {
         if out.len() >= MAX_SIGNED_OUT {
             out.retain(|_, until| *until > now_unix);
         }
-        if out.len() < MAX_SIGNED_OUT {
-            out.insert(c.nonce.clone(), c.issued_unix + MAX_AGE_SECONDS);
+        if out.len() >= MAX_SIGNED_OUT {
+            // Still full: the session closest to its end of life makes room, so a new
+            // sign-out is never dropped.
+            if let Some(oldest) = out.iter().min_by_key(|(_, until)| **until).map(|(n, _)| n.clone()) {
+                out.remove(&oldest);
+            }
         }
+        out.insert(c.nonce.clone(), c.issued_unix + MAX_AGE_SECONDS);
     }
 
     /// The anti-forgery token of a session's forms.
@@ -209,6 +214,24 @@ pub fn https(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sign_out_is_kept_even_when_the_list_is_full() {
+        let s = Sessions::new(Some("secret"));
+        {
+            let mut out = s.signed_out.lock().unwrap();
+            for i in 0..MAX_SIGNED_OUT {
+                out.insert(format!("n{i}"), 1_000_000 + i as i64);
+            }
+        }
+        let c = s.start("0190-key", "0190-org", 1_000);
+        let v = s.encode(&c);
+        s.sign_out(&c, 1_001);
+        assert_eq!(s.decode(&v, 1_002), None, "the new sign-out was dropped");
+        let out = s.signed_out.lock().unwrap();
+        assert_eq!(out.len(), MAX_SIGNED_OUT);
+        assert!(!out.contains_key("n0"), "the session nearest its end made room");
+    }
 
     #[test]
     fn a_session_round_trips_and_refuses_tampering_and_expiry() {
