@@ -1183,7 +1183,16 @@ struct UsageParams {
 
 /// The filters as the form shows them (the month so far by default), the period as
 /// instants, or the errors by field.
-fn usage_filters(p: &UsageParams, now: Timestamp) -> (pages::UsageForm, std::result::Result<UsageFilter, FormState>) {
+/// The longest period the usage page shows: its totals and chart scan the whole period
+/// on every view, where an export streams it once.
+const USAGE_PAGE_MAX_DAYS: i64 = 366;
+
+/// The usage filters of a page or an export; `max_days` bounds the period (the page's).
+fn usage_filters(
+    p: &UsageParams,
+    now: Timestamp,
+    max_days: Option<i64>,
+) -> (pages::UsageForm, std::result::Result<UsageFilter, FormState>) {
     let today = now.to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
     let form = pages::UsageForm {
         from: if p.from.trim().is_empty() { today.first_of_month().to_string() } else { p.from.trim().into() },
@@ -1216,6 +1225,12 @@ fn usage_filters(p: &UsageParams, now: Timestamp) -> (pages::UsageForm, std::res
         if f >= t {
             let e = Error::new(ErrorCode::InvalidInput, "the period is empty: 'from' must not be after 'to'");
             state.errors.insert("to".into(), field_error(&e));
+        } else if let Some(days) = max_days.filter(|d| t.duration_since(*f).as_secs() > d * 86_400) {
+            let e = Error::new(
+                ErrorCode::InvalidInput,
+                format!("the page shows at most {days} days: choose a shorter period, or export this one"),
+            );
+            state.errors.insert("from".into(), field_error(&e));
         }
     }
     if !form.country.is_empty() {
@@ -1263,7 +1278,7 @@ async fn usage(
     headers: HeaderMap,
     Query(p): Query<UsageParams>,
 ) -> Response {
-    let (form, filter) = usage_filters(&p, Timestamp::now());
+    let (form, filter) = usage_filters(&p, Timestamp::now(), Some(USAGE_PAGE_MAX_DAYS));
     let filter = match filter {
         Ok(f) => f,
         Err(state) => {
@@ -1326,7 +1341,7 @@ async fn export(State(app): State<Arc<App>>, admin: Admin, Query(p): Query<Usage
             )
         }
     };
-    let (_, filter) = usage_filters(&p, Timestamp::now());
+    let (_, filter) = usage_filters(&p, Timestamp::now(), None);
     let filter = match filter {
         Ok(f) => f,
         Err(state) => {
@@ -1379,15 +1394,24 @@ mod tests {
     #[test]
     fn usage_filters_default_to_the_month_and_refuse_bad_dates() {
         let now: Timestamp = "2026-11-17T10:00:00Z".parse().unwrap();
-        let (form, filter) = usage_filters(&UsageParams::default(), now);
+        let (form, filter) = usage_filters(&UsageParams::default(), now, Some(USAGE_PAGE_MAX_DAYS));
         assert_eq!((form.from.as_str(), form.to.as_str()), ("2026-11-01", "2026-11-17"));
         let f = filter.unwrap_or_else(|_| panic!("defaults are valid"));
         assert_eq!(f.from, Some("2026-11-01T00:00:00Z".parse().unwrap()));
         assert_eq!(f.to, Some("2026-11-18T00:00:00Z".parse().unwrap()));
         let bad = UsageParams { from: "2026-13-01".into(), country: "Germany".into(), ..UsageParams::default() };
-        let Err(state) = usage_filters(&bad, now).1 else { panic!("a bad date is refused") };
+        let Err(state) = usage_filters(&bad, now, None).1 else { panic!("a bad date is refused") };
         assert_eq!(state.errors["from"].code, "invalid_time");
         assert_eq!(state.errors["country"].code, "invalid_country");
         assert_eq!(state.values["from"], "2026-13-01");
+        // The page shows at most a year and a day; an export takes any period.
+        let long = UsageParams { from: "1970-01-01".into(), to: "2100-01-01".into(), ..UsageParams::default() };
+        let Err(state) = usage_filters(&long, now, Some(USAGE_PAGE_MAX_DAYS)).1 else {
+            panic!("too long for the page")
+        };
+        assert_eq!(state.errors["from"].code, "invalid_input");
+        assert!(usage_filters(&long, now, None).1.is_ok());
+        let year = UsageParams { from: "2025-11-17".into(), to: "2026-11-17".into(), ..UsageParams::default() };
+        assert!(usage_filters(&year, now, Some(USAGE_PAGE_MAX_DAYS)).1.is_ok());
     }
 }
