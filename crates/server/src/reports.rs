@@ -139,72 +139,52 @@ pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -
                     .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
             Ok(Json(page).into_response())
         }
-        "csv" => {
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tokio::task::spawn_blocking(move || {
-                let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-                let result = engine.write_usage_csv(&org, &filter, &mut w).and_then(|_| {
-                    std::io::Write::flush(&mut w)
-                        .map_err(|e| commcredits_core::Error::new(ErrorCode::Internal, e.to_string()))
-                });
-                if let Err(e) = result {
-                    // Mid-stream the status is already sent: abort the body.
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
-                }
-            });
-            Ok(file_response(Body::from_stream(ChunkStream(rx)), "text/csv; charset=utf-8", &format!("{name}.csv")))
-        }
-        "xlsx" => {
-            // A workbook is a zip: written to a temporary file, then streamed.
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tokio::task::spawn_blocking(move || {
-                let run = || -> Result<(), String> {
-                    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-                    let path = dir.path().join("report.xlsx");
-                    engine.write_usage_xlsx(&org, &filter, &path).map_err(|e| e.message)?;
-                    let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                    let mut buf = vec![0u8; CHUNK];
-                    loop {
-                        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| e.to_string())?;
-                        if n == 0 {
-                            break;
-                        }
-                        tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                            .map_err(|_| "the client went away".to_string())?;
-                    }
-                    Ok(())
-                };
-                if let Err(e) = run() {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e)));
-                }
-            });
-            Ok(file_response(
-                Body::from_stream(ChunkStream(rx)),
-                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                &format!("{name}.xlsx"),
-            ))
-        }
+        "csv" => Ok(file_response(
+            streamed(move |w| engine.write_usage_csv(&org, &filter, w).map(drop)),
+            "text/csv; charset=utf-8",
+            &format!("{name}.csv"),
+        )),
+        "xlsx" => Ok(file_response(
+            streamed(move |w| {
+                // A workbook is a zip with a central directory at its end: written to a
+                // temporary file, then copied to the body.
+                let io = |e: std::io::Error| commcredits_core::Error::new(ErrorCode::Internal, e.to_string());
+                let dir = tempfile::tempdir().map_err(io)?;
+                let path = dir.path().join("report.xlsx");
+                engine.write_usage_xlsx(&org, &filter, &path)?;
+                std::io::copy(&mut std::fs::File::open(&path).map_err(io)?, w).map_err(io).map(drop)
+            }),
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            &format!("{name}.xlsx"),
+        )),
         "zip" => {
             let id = commcredits_engine::usage::new_export_id();
             let filename = format!("Calls.Export.{id}.zip");
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tokio::task::spawn_blocking(move || {
-                let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-                let result = engine.write_usage_zip(&org, &filter, &id, Timestamp::now(), &mut w).and_then(|_| {
-                    std::io::Write::flush(&mut w)
-                        .map_err(|e| commcredits_core::Error::new(ErrorCode::Internal, e.to_string()))
-                });
-                if let Err(e) = result {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
-                }
-            });
-            Ok(file_response(Body::from_stream(ChunkStream(rx)), "application/zip", &filename))
+            let body = streamed(move |w| engine.write_usage_zip(&org, &filter, &id, Timestamp::now(), w).map(drop));
+            Ok(file_response(body, "application/zip", &filename))
         }
         other => Err(ApiError(commcredits_core::Error::new(
             ErrorCode::InvalidInput,
             format!("format must be json, csv, xlsx or zip, not '{other}'"),
         ))),
     }
+}
+
+/// A response body written by `write` on the blocking pool, sent in chunks as it is
+/// written (memory stays flat). An error mid-stream aborts the body: the status is
+/// already sent.
+fn streamed(write: impl FnOnce(&mut dyn std::io::Write) -> commcredits_core::Result<()> + Send + 'static) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let result = write(&mut w).and_then(|_| {
+            std::io::Write::flush(&mut w).map_err(|e| commcredits_core::Error::new(ErrorCode::Internal, e.to_string()))
+        });
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
+        }
+    });
+    Body::from_stream(ChunkStream(rx))
 }
 
 fn file_response(body: Body, content_type: &'static str, filename: &str) -> Response {
