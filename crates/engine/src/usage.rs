@@ -43,6 +43,11 @@ pub const USAGE_HEADER: [&str; 26] = [
     "Source",
 ];
 
+/// Rows per batch handed from the thread that reads the database to the one that
+/// writes the report, and batches read ahead of the writer.
+const READ_BATCH: usize = 512;
+const READ_AHEAD_BATCHES: usize = 2;
+
 /// Which calls a report covers: those that started in [from, to), narrowed by filters.
 #[derive(Clone, Debug, Default)]
 pub struct UsageFilter {
@@ -252,29 +257,74 @@ impl Engine {
             return Err(err!(ErrorCode::InvalidInput, "the period is empty: 'from' must be before 'to'"));
         }
         let country = filter.country.as_deref().map(|c| c.to_ascii_uppercase());
-        let mut n = 0;
-        self.store().read(&mut |tx| {
-            tx.for_each_cdr(org_id, from, to, &mut |c| {
-                if user_id.as_ref().is_some_and(|u| c.user_id.as_ref() != Some(u))
-                    || country.as_ref().is_some_and(|k| c.dest_country.as_ref() != Some(k))
-                    || filter.funding.as_ref().is_some_and(|x| *x != c.funding)
-                {
-                    return Ok(());
+        let wanted = |c: &CdrRow| {
+            !(user_id.as_ref().is_some_and(|u| c.user_id.as_ref() != Some(u))
+                || country.as_ref().is_some_and(|k| c.dest_country.as_ref() != Some(k))
+                || filter.funding.as_ref().is_some_and(|x| *x != c.funding)
+                || filter
+                    .call_type
+                    .as_ref()
+                    .is_some_and(|t| *t != c.call_type && t.as_str() != report_call_type(&c.call_type)))
+        };
+        // Two threads: this one hands rows to `f` (which formats and writes them) while
+        // another reads the next ones from the database, in recycled batches.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<CdrRow>>(READ_AHEAD_BATCHES);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<CdrRow>>();
+        let store = self.store();
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || -> Result<()> {
+                let mut batch: Vec<CdrRow> = Vec::with_capacity(READ_BATCH);
+                let mut used = 0;
+                let stopped = || err!(ErrorCode::Internal, "the report's writer stopped");
+                store.read(&mut |tx| {
+                    tx.for_each_cdr(org_id, from, to, &mut |c| {
+                        if !wanted(c) {
+                            return Ok(());
+                        }
+                        match batch.get_mut(used) {
+                            Some(row) => row.refill_from(c),
+                            None => batch.push(c.clone()),
+                        }
+                        used += 1;
+                        if used == READ_BATCH {
+                            let next = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(READ_BATCH));
+                            full_tx.send(std::mem::replace(&mut batch, next)).map_err(|_| stopped())?;
+                            used = 0;
+                        }
+                        Ok(())
+                    })
+                })?;
+                batch.truncate(used);
+                if !batch.is_empty() {
+                    full_tx.send(batch).map_err(|_| stopped())?;
                 }
-                if let Some(t) = &filter.call_type {
-                    if *t != c.call_type && t.as_str() != report_call_type(&c.call_type) {
+                Ok(())
+            });
+            let mut n = 0;
+            let mut written = Ok(());
+            for batch in full_rx.iter() {
+                written = batch.iter().try_for_each(|c| {
+                    let row = self.usage_ref(&ctx, c);
+                    if filter.capability.as_ref().is_some_and(|x| *x != row.capability) {
                         return Ok(());
                     }
+                    n += 1;
+                    f(&row)
+                });
+                if written.is_err() {
+                    break;
                 }
-                let row = self.usage_ref(&ctx, c);
-                if filter.capability.as_ref().is_some_and(|x| *x != row.capability) {
-                    return Ok(());
-                }
-                n += 1;
-                f(&row)
-            })
-        })?;
-        Ok(n)
+                // The reader may be gone already: then the batch is simply dropped.
+                let _ = empty_tx.send(batch);
+            }
+            // Stops the reader if it is still going (its next send fails).
+            drop(full_rx);
+            let read = reader.join().unwrap_or_else(|_| Err(err!(ErrorCode::Internal, "the report's reader panicked")));
+            // The writer's own error first: when it stopped, the reader's is only that.
+            written?;
+            read?;
+            Ok(n)
+        })
     }
 
     /// Hands each report row matching `filter` to `f`, oldest first, streaming.

@@ -162,6 +162,37 @@ fn the_report_adds_up_to_the_ledger_to_the_cent() {
     }
     assert_eq!(seen.len(), stored.len());
     assert!(e.usage_page(&o.id, &month, Some("nope"), 10).is_err());
+
+    // Rows come in the stored order (the report reads on one thread and writes on
+    // another), and a writer that fails stops the report with its own error, however
+    // far the reading thread got.
+    let mut order = Vec::new();
+    e.for_each_usage(&o.id, &month, &mut |r| {
+        order.push(r.usage_id.clone());
+        Ok(())
+    })
+    .unwrap();
+    let mut expected: Vec<_> = stored.iter().map(|c| (c.start_at, c.call_id.clone(), c.usage_id.clone())).collect();
+    expected.sort();
+    assert_eq!(order, expected.into_iter().map(|(_, _, u)| u).collect::<Vec<_>>());
+    for stop_at in [1, 700, stored.len()] {
+        let mut handed = 0;
+        let r = e.for_each_usage(&o.id, &month, &mut |_| {
+            handed += 1;
+            if handed == stop_at {
+                return Err(commcredits_core::Error::new(
+                    commcredits_core::ErrorCode::NotFound,
+                    "the client went away",
+                ));
+            }
+            Ok(())
+        });
+        let err = r.unwrap_err();
+        assert_eq!(
+            (err.code, err.message.as_str(), handed),
+            (commcredits_core::ErrorCode::NotFound, "the client went away", stop_at)
+        );
+    }
     assert!(e
         .for_each_usage(&o.id, &UsageFilter { user: Some("nobody@x.example".into()), ..month.clone() }, &mut |_| Ok(()))
         .is_err());
