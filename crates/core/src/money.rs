@@ -75,16 +75,22 @@ impl Currency {
 
     /// [`Currency::format_minor`], appended to `out`.
     pub fn write_minor(self, out: &mut String, minor: i64) {
-        use std::fmt::Write;
         let exp = self.exponent();
+        let mut digits = itoa::Buffer::new();
         if exp == 0 {
-            let _ = write!(out, "{minor}");
+            out.push_str(digits.format(minor));
             return;
         }
         let scale = self.scale().unsigned_abs();
-        let sign = if minor < 0 { "-" } else { "" };
+        if minor < 0 {
+            out.push('-');
+        }
         let abs = minor.unsigned_abs();
-        let _ = write!(out, "{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize);
+        out.push_str(digits.format(abs / scale));
+        out.push('.');
+        let fraction = digits.format(abs % scale);
+        (fraction.len()..exp as usize).for_each(|_| out.push('0'));
+        out.push_str(fraction);
     }
 
     /// Converts a major-unit decimal (a rate-deck connection fee) to minor units,
@@ -188,6 +194,29 @@ mod tests {
         assert_eq!(usd().format_minor(5), "0.05");
         assert_eq!(usd().format_minor(-5), "-0.05");
         assert_eq!(Currency::parse("JPY").unwrap().format_minor(500), "500");
+        // Against the general formatter, for currencies of 0, 2 and 3 decimals.
+        let mut x: i64 = 0x5DEE_CE66;
+        for code in ["JPY", "USD", "KWD"] {
+            let c = Currency::parse(code).unwrap();
+            let scale = c.scale().unsigned_abs();
+            let width = c.exponent() as usize;
+            for i in 0..5_000 {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let minor = match i {
+                    0 => i64::MIN,
+                    1 => i64::MAX,
+                    2 => 0,
+                    _ => x >> (i % 60),
+                };
+                let (sign, abs) = (if minor < 0 { "-" } else { "" }, minor.unsigned_abs());
+                let expected = if width == 0 {
+                    minor.to_string()
+                } else {
+                    format!("{sign}{}.{:0width$}", abs / scale, abs % scale)
+                };
+                assert_eq!(c.format_minor(minor), expected, "{code} {minor}");
+            }
+        }
     }
 
     #[test]

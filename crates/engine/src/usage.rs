@@ -281,8 +281,9 @@ impl Engine {
                         if !wanted(c) {
                             return Ok(());
                         }
+                        // Take the row, leaving the store a spent one to refill.
                         match batch.get_mut(used) {
-                            Some(row) => row.refill_from(c),
+                            Some(spent) => std::mem::swap(spent, c),
                             None => batch.push(c.clone()),
                         }
                         used += 1;
@@ -401,7 +402,7 @@ impl Engine {
             money.write_minor(&mut f[3], c.charge_minor);
             for (i, v) in [(4, c.duration_seconds), (5, c.plan_minutes), (6, c.charged_seconds), (7, c.overrun_seconds)]
             {
-                let _ = std::fmt::Write::write_fmt(&mut f[i], format_args!("{v}"));
+                f[i].push_str(itoa::Buffer::new().format(v));
             }
             w.write_record([
                 c.usage_id.as_str(),

@@ -122,13 +122,15 @@ pub trait Tx {
     fn list_cdrs(&mut self, org_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<CdrRow>>;
     /// Hands each CDR that started in [from, to) to `f`, oldest first, streaming: memory
     /// stays flat whatever the number of rows (an adapter may hand the same row, refilled,
-    /// each time). `f` returning an error stops the scan.
+    /// each time). The row is lent: `f` may keep it by swapping another `CdrRow` in, which
+    /// the adapter then refills (so a reader can fill batches without copying). `f`
+    /// returning an error stops the scan.
     fn for_each_cdr(
         &mut self,
         org_id: &str,
         from: Timestamp,
         to: Timestamp,
-        f: &mut dyn FnMut(&CdrRow) -> Result<()>,
+        f: &mut dyn FnMut(&mut CdrRow) -> Result<()>,
     ) -> Result<()>;
     fn insert_denial(&mut self, d: &DenialRow) -> Result<()>;
     fn list_denials(&mut self, org_id: &str) -> Result<Vec<DenialRow>>;

@@ -523,7 +523,7 @@ impl Tx for WriteBehind<'_> {
         org_id: &str,
         from: Timestamp,
         to: Timestamp,
-        f: &mut dyn FnMut(&CdrRow) -> Result<()>,
+        f: &mut dyn FnMut(&mut CdrRow) -> Result<()>,
     ) -> Result<()> {
         self.through_read()?.for_each_cdr(org_id, from, to, f)
     }

@@ -1813,7 +1813,7 @@ impl Tx for PgTx<'_> {
         org_id: &str,
         from: Timestamp,
         to: Timestamp,
-        f: &mut dyn FnMut(&CdrRow) -> Result<()>,
+        f: &mut dyn FnMut(&mut CdrRow) -> Result<()>,
     ) -> Result<()> {
         use postgres::fallible_iterator::FallibleIterator;
         const CONTEXT: &str = "scan cdrs";
@@ -1835,7 +1835,7 @@ impl Tx for PgTx<'_> {
             Ok(mut rows) => loop {
                 match rows.next() {
                     Ok(Some(row)) => {
-                        if let Err(e) = cdr_row(&row).and_then(|c| f(&c)) {
+                        if let Err(e) = cdr_row(&row).and_then(|mut c| f(&mut c)) {
                             stopped = Some(e);
                             break;
                         }

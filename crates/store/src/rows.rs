@@ -226,63 +226,6 @@ pub struct CdrRow {
     pub source: String,
 }
 
-impl CdrRow {
-    /// Makes `self` equal to `src`, reusing `self`'s string buffers (a derived
-    /// `clone_from` would allocate every string anew): what a reader that hands rows to
-    /// another thread in recycled batches copies with.
-    pub fn refill_from(&mut self, src: &CdrRow) {
-        // Destructured, so that a new field cannot be forgotten here.
-        let CdrRow {
-            org_id,
-            call_id,
-            usage_id,
-            call_type,
-            user_id,
-            from_number,
-            to_number,
-            dest_country,
-            domestic,
-            start_at,
-            end_at,
-            duration_seconds,
-            charged_seconds,
-            overrun_seconds,
-            plan_minutes,
-            plan_kind,
-            charge_minor,
-            connection_fee_minor,
-            currency,
-            funding,
-            rate_name,
-            rate_per_minute,
-            source,
-        } = src;
-        self.org_id.clone_from(org_id);
-        self.call_id.clone_from(call_id);
-        self.usage_id.clone_from(usage_id);
-        self.call_type.clone_from(call_type);
-        self.user_id.clone_from(user_id);
-        self.from_number.clone_from(from_number);
-        self.to_number.clone_from(to_number);
-        self.dest_country.clone_from(dest_country);
-        self.domestic = *domestic;
-        self.start_at = *start_at;
-        self.end_at = *end_at;
-        self.duration_seconds = *duration_seconds;
-        self.charged_seconds = *charged_seconds;
-        self.overrun_seconds = *overrun_seconds;
-        self.plan_minutes = *plan_minutes;
-        self.plan_kind.clone_from(plan_kind);
-        self.charge_minor = *charge_minor;
-        self.connection_fee_minor = *connection_fee_minor;
-        self.currency.clone_from(currency);
-        self.funding.clone_from(funding);
-        self.rate_name.clone_from(rate_name);
-        self.rate_per_minute.clone_from(rate_per_minute);
-        self.source.clone_from(source);
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoticeRow {
     pub seq: i64,

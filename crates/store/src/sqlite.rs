@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_keys_idempotency.sql")),
     (3, include_str!("../migrations/sqlite/0003_delivery.sql")),
     (4, include_str!("../migrations/sqlite/0004_cdrs_time_order.sql")),
+    (5, include_str!("../migrations/sqlite/0005_cdrs_clustered.sql")),
 ];
 
 pub struct SqliteStore {
@@ -1124,7 +1125,7 @@ impl Tx for SqliteTx<'_> {
         org_id: &str,
         from: Timestamp,
         to: Timestamp,
-        f: &mut dyn FnMut(&CdrRow) -> Result<()>,
+        f: &mut dyn FnMut(&mut CdrRow) -> Result<()>,
     ) -> Result<()> {
         let sql = format!("SELECT {CDR_COLS} FROM cdrs WHERE org_id = ?1 AND start_at >= ?2 AND start_at < ?3 ORDER BY start_at, call_id");
         let mut st = self.conn.prepare_cached(&sql).map_err(e("scan cdrs"))?;
@@ -1137,7 +1138,7 @@ impl Tx for SqliteTx<'_> {
                 Some(c) => refill_cdr_row(r, c).map_err(e("scan cdrs"))?,
                 None => row = Some(cdr_row(r).map_err(e("scan cdrs"))?),
             }
-            f(row.as_ref().expect("filled"))?;
+            f(row.as_mut().expect("filled"))?;
         }
         Ok(())
     }
@@ -1467,5 +1468,89 @@ impl Tx for SqliteTx<'_> {
                 })
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(org_id: &str, call_id: &str, start: &str) -> CdrRow {
+        let start_at: Timestamp = start.parse().unwrap();
+        CdrRow {
+            org_id: org_id.into(),
+            call_id: call_id.into(),
+            usage_id: format!("usage-{call_id}"),
+            call_type: "outbound".into(),
+            user_id: (call_id != "tf").then(|| "u1".into()),
+            from_number: "+442079460000".into(),
+            to_number: "+14155550100".into(),
+            dest_country: Some("US".into()),
+            domestic: false,
+            start_at,
+            end_at: start_at + jiff::SignedDuration::from_secs(61),
+            duration_seconds: 61,
+            charged_seconds: 66,
+            overrun_seconds: 0,
+            plan_minutes: 0,
+            plan_kind: None,
+            charge_minor: 2,
+            connection_fee_minor: 0,
+            currency: "USD".into(),
+            funding: "credits".into(),
+            rate_name: Some("United States".into()),
+            rate_per_minute: Some("0.0100".into()),
+            source: "import".into(),
+        }
+    }
+
+    /// Migration 5 rewrites the calls table clustered by time: a database made before it
+    /// keeps every call, whole, in report order, and a call id stays unique.
+    #[test]
+    fn clustering_the_calls_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("before.db").to_string_lossy().into_owned();
+        let calls = [
+            call("o1", "c2", "2026-03-01T10:00:00Z"),
+            call("o2", "c1", "2026-03-01T09:00:00Z"),
+            call("o1", "c1", "2026-03-01T10:00:00Z"),
+            call("o1", "tf", "2026-03-01T08:00:00Z"),
+        ];
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (version, sql) in &MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [version])
+                    .unwrap();
+            }
+            SqliteTx { conn: &conn, depth: 0 }.insert_cdrs(&calls).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let mut scanned = Vec::new();
+        let mut got = None;
+        store
+            .read(&mut |tx| {
+                let (from, to) = ("2026-03-01T00:00:00Z".parse().unwrap(), "2026-03-02T00:00:00Z".parse().unwrap());
+                tx.for_each_cdr("o1", from, to, &mut |c| {
+                    scanned.push(c.clone());
+                    Ok(())
+                })?;
+                got = tx.get_cdr("o2", "c1")?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(scanned, vec![calls[3].clone(), calls[2].clone(), calls[0].clone()]);
+        assert_eq!(got, Some(calls[1].clone()));
+        let again = CdrRow { start_at: "2026-03-01T11:00:00Z".parse().unwrap(), ..calls[0].clone() };
+        assert!(store.write(&mut |tx| tx.insert_cdr(&again)).is_err(), "a call id is unique per organization");
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 }
