@@ -44,6 +44,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_keys_idempotency.sql")),
     (3, include_str!("../migrations/postgres/0003_delivery.sql")),
     (4, include_str!("../migrations/postgres/0004_cdrs_time_order.sql")),
+    // Numbered apart from SQLite's: SQLite's 5 clusters its calls table (a PostgreSQL
+    // heap has no clustered order), so the same change is 6 there.
+    (5, include_str!("../migrations/postgres/0005_reservations_pending.sql")),
 ];
 
 /// Connections per store, opened lazily. A PostgreSQL backend is a process: a few

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_delivery.sql")),
     (4, include_str!("../migrations/sqlite/0004_cdrs_time_order.sql")),
     (5, include_str!("../migrations/sqlite/0005_cdrs_clustered.sql")),
+    (6, include_str!("../migrations/sqlite/0006_reservations_pending.sql")),
 ];
 
 pub struct SqliteStore {
@@ -1524,8 +1525,7 @@ mod tests {
             .unwrap();
             for (version, sql) in &MIGRATIONS[..4] {
                 conn.execute_batch(sql).unwrap();
-                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [version])
-                    .unwrap();
+                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [version]).unwrap();
             }
             SqliteTx { conn: &conn, depth: 0 }.insert_cdrs(&calls).unwrap();
         }
@@ -1551,6 +1551,27 @@ mod tests {
             .unwrap()
             .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, MIGRATIONS.last().unwrap().0);
+    }
+
+    /// The lookups of calls in progress use the indexes of calls in progress (settled
+    /// calls, nearly every row, are in neither).
+    #[test]
+    fn calls_in_progress_are_found_through_their_own_indexes() {
+        let store = SqliteStore::open("sqlite::memory:").unwrap();
+        let conn = store.writer.lock().unwrap();
+        let plan = |sql: &str| -> String {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let due = plan("SELECT org_id, call_id FROM reservations WHERE state = 'pending' AND expires_at <= 5 ORDER BY expires_at LIMIT 10");
+        assert!(due.contains("reservations_due"), "{due}");
+        let open = plan(&format!(
+            "SELECT {RES_COLS} FROM reservations WHERE org_id = 'o1' AND state = 'pending' ORDER BY created_at, call_id"
+        ));
+        assert!(open.contains("reservations_pending") && !open.contains("TEMP B-TREE"), "{open}");
+        let count = plan("SELECT COUNT(*) FROM reservations WHERE org_id = 'o1' AND state = 'pending'");
+        assert!(count.contains("reservations_pending"), "{count}");
     }
 }
