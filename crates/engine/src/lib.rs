@@ -408,6 +408,19 @@ impl Engine {
             };
             if write_behind {
                 let mut w = WriteBehind::new(db);
+                // Imported calls: which call ids are new, in one query per organization
+                // instead of one per call. The organization is locked first, as a
+                // command's books would (the lock comes before the snapshot).
+                let mut imported: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+                for (_, cmd) in &commands {
+                    if let Command::ImportCdr(r) = cmd {
+                        imported.entry(r.org.as_str()).or_default().push(r.call_id.as_str());
+                    }
+                }
+                for (org, call_ids) in &imported {
+                    w.lock_org(org)?;
+                    w.know_reservations(org, call_ids)?;
+                }
                 run(&mut w)?;
                 w.finish()
             } else {

@@ -326,6 +326,13 @@ pub fn reservations_cdrs_and_due_scans(open: Factory) {
     write(&*s, |tx| tx.insert_reservation(&r)).unwrap();
     assert!(write(&*s, |tx| tx.insert_reservation(&r)).is_err(), "call ids are unique per organization");
     assert_eq!(read(&*s, |tx| tx.get_reservation("o1", "c1")), Some(r.clone()));
+    // Which of many call ids are taken: more ids than one statement binds, in any order,
+    // another organization's ids not counted.
+    let many: Vec<String> = (0..1_200).map(|i| format!("x{i}")).chain(["c1".to_string()]).rev().collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(read(&*s, |tx| tx.reserved_call_ids("o1", &many)), vec!["c1".to_string()]);
+    assert!(read(&*s, |tx| tx.reserved_call_ids("o2", &many)).is_empty());
+    assert!(read(&*s, |tx| tx.reserved_call_ids("o1", &[])).is_empty());
     assert_eq!(read(&*s, |tx| tx.count_pending_reservations("o1")), 1);
     assert_eq!(read(&*s, |tx| tx.pending_reservations("o1")), vec![r.clone()]);
     assert!(read(&*s, |tx| tx.due_reservations(t("2026-03-01T10:05:29Z"), 10)).is_empty());

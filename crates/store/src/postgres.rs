@@ -1634,6 +1634,15 @@ impl Tx for PgTx<'_> {
         .map(drop)
     }
 
+    fn reserved_call_ids(&mut self, org_id: &str, call_ids: &[&str]) -> Result<Vec<String>> {
+        self.many(
+            "reserved call ids",
+            "SELECT call_id FROM reservations WHERE org_id = $1 AND call_id = ANY($2)",
+            &[&org_id, &call_ids],
+            |r| get(r, 0),
+        )
+    }
+
     fn get_reservation(&mut self, org_id: &str, call_id: &str) -> Result<Option<ReservationRow>> {
         self.one(
             "get reservation",

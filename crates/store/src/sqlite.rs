@@ -483,6 +483,9 @@ fn api_key_row(r: &Row) -> rusqlite::Result<ApiKeyRow> {
     })
 }
 
+/// Ids per `reserved_call_ids` statement (a statement binds at most 32,766 values).
+const RESERVED_IDS_PER_STATEMENT: usize = 500;
+
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
 }
@@ -1043,6 +1046,19 @@ impl Tx for SqliteTx<'_> {
             [org_id, call_id],
             res_row,
         )
+    }
+
+    fn reserved_call_ids(&mut self, org_id: &str, call_ids: &[&str]) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for chunk in call_ids.chunks(RESERVED_IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT call_id FROM reservations WHERE org_id = ?1 AND call_id IN ({})",
+                (2..chunk.len() + 2).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+            );
+            let params = std::iter::once(&org_id).chain(chunk);
+            found.extend(self.many("reserved call ids", &sql, rusqlite::params_from_iter(params), |r| r.get(0))?);
+        }
+        Ok(found)
     }
 
     fn count_pending_reservations(&mut self, org_id: &str) -> Result<i64> {
