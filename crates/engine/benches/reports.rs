@@ -3,6 +3,8 @@
 //!
 //!   cargo bench -p commcredits-engine --bench reports
 //!   ROWS=200000 cargo bench -p commcredits-engine --bench reports
+//!   BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432/test ROWS=100000 cargo bench ...
+//!     (the same phases on a fresh database of that PostgreSQL server, dropped after)
 //!
 //! The parent prepares a fresh SQLite file database (WAL, synchronous=FULL) with one
 //! funded organization of 36 users, and a CDR CSV of `ROWS` calls (default 1,000,000).
@@ -406,9 +408,15 @@ fn parent() {
     );
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let db_path = dir.path().join("bench.db");
-    let db = format!("sqlite://{}", db_path.display());
+    let postgres = std::env::var("BENCH_POSTGRES").ok().map(|base| {
+        commcredits_store::postgres::test_database(&base).expect("BENCH_POSTGRES: a server that allows CREATE DATABASE")
+    });
+    let (db, kind) = match &postgres {
+        Some(pg) => (pg.url().to_string(), "PostgreSQL, a fresh database".to_string()),
+        None => (format!("sqlite://{}", db_path.display()), "SQLite file, WAL, synchronous=FULL".to_string()),
+    };
     println!(
-        "commcredits reports benchmark: {} CDRs, 1 organization, {USERS} users (SQLite file, WAL, synchronous=FULL; {})",
+        "commcredits reports benchmark: {} CDRs, 1 organization, {USERS} users ({kind}; {})",
         thousands(rows as f64),
         dir.path().display()
     );
@@ -517,8 +525,12 @@ fn parent() {
     }
     println!(
         "  MB = 10^6 bytes of peak resident memory (VmHWM) of the phase's own process; base = before the phase \
-         began (engine, catalog and rate decks loaded). Database after import: {:.1} MB.",
-        db_bytes as f64 / 1e6
+         began (engine, catalog and rate decks loaded).{}",
+        if postgres.is_some() {
+            String::new()
+        } else {
+            format!(" Database after import: {:.1} MB.", db_bytes as f64 / 1e6)
+        }
     );
 
     // Not timed: the three agree with each other and with the ledger.
