@@ -753,7 +753,7 @@ mod tests {
             10 => tx
                 .list_ledger("o1", 0, 1000)
                 .map(|l| format!("{:?}", l.iter().map(|e| &e.entry_id).collect::<Vec<_>>())),
-            11 if arg % 2 == 0 => {
+            11 if arg.is_multiple_of(2) => {
                 let ids: Vec<String> = (0..8).map(|i| format!("c{}", (arg / 2 + i) % 8)).collect();
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 tx.reserved_call_ids("o1", &ids).map(|mut found| {
@@ -810,7 +810,7 @@ mod tests {
                     for (op, arg) in &ops {
                         // Now and then learn which call ids are new, as an import does
                         // (only what the wrapper keeps changes, never an answer).
-                        if (op >> 8) % 7 == 0 {
+                        if (op >> 8).is_multiple_of(7) {
                             w.know_reservations("o1", &["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"])?;
                         }
                         answers.1.push(step(&mut w, &mut depth, *op, *arg));
