@@ -48,6 +48,73 @@ pub const USAGE_HEADER: [&str; 26] = [
 const READ_BATCH: usize = 512;
 const READ_AHEAD_BATCHES: usize = 2;
 
+/// Runs `read` on a second thread while this one hands its rows to `write`, in order:
+/// `read` lends each row it produces to the callback it is given, which keeps the rows
+/// `keep` accepts by swapping them into a batch (leaving `read` a spent row to refill)
+/// and sends full batches of [`READ_BATCH`] across, [`READ_AHEAD_BATCHES`] ahead of
+/// the writer; spent batches come back for reuse, so rows are not copied.
+///
+/// When `write` fails, the reader stops at its next row, kept or not, and the writer's
+/// error is the one returned; when `read` fails, its error is returned.
+fn read_ahead<T: Clone + Send>(
+    read: impl FnOnce(&mut dyn FnMut(&mut T) -> Result<()>) -> Result<()> + Send,
+    keep: impl Fn(&T) -> bool + Send,
+    write: &mut dyn FnMut(&T) -> Result<()>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<T>>(READ_AHEAD_BATCHES);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<T>>();
+    let writer_stopped = AtomicBool::new(false);
+    let stop = &writer_stopped;
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<()> {
+            let stopped = || err!(ErrorCode::Internal, "the report's writer stopped");
+            let mut batch: Vec<T> = Vec::with_capacity(READ_BATCH);
+            let mut used = 0;
+            read(&mut |row| {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(stopped());
+                }
+                if !keep(row) {
+                    return Ok(());
+                }
+                match batch.get_mut(used) {
+                    Some(spent) => std::mem::swap(spent, row),
+                    None => batch.push(row.clone()),
+                }
+                used += 1;
+                if used == READ_BATCH {
+                    let next = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(READ_BATCH));
+                    full_tx.send(std::mem::replace(&mut batch, next)).map_err(|_| stopped())?;
+                    used = 0;
+                }
+                Ok(())
+            })?;
+            batch.truncate(used);
+            if !batch.is_empty() {
+                full_tx.send(batch).map_err(|_| stopped())?;
+            }
+            Ok(())
+        });
+        let mut written = Ok(());
+        for batch in full_rx.iter() {
+            written = batch.iter().try_for_each(&mut *write);
+            if written.is_err() {
+                break;
+            }
+            // The reader may be gone already: then the batch is simply dropped.
+            let _ = empty_tx.send(batch);
+        }
+        // Stops the reader if it is still going: at its next row, or at its next send.
+        writer_stopped.store(true, Ordering::Relaxed);
+        drop(full_rx);
+        let read = reader.join().unwrap_or_else(|_| Err(err!(ErrorCode::Internal, "the report's reader panicked")));
+        // The writer's own error first: when it stopped, the reader's is only that.
+        written?;
+        read
+    })
+}
+
 /// Which calls a report covers: those that started in [from, to), narrowed by filters.
 #[derive(Clone, Debug, Default)]
 pub struct UsageFilter {
@@ -266,66 +333,21 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|t| *t != c.call_type && t.as_str() != report_call_type(&c.call_type)))
         };
-        // Two threads: this one hands rows to `f` (which formats and writes them) while
-        // another reads the next ones from the database, in recycled batches.
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<CdrRow>>(READ_AHEAD_BATCHES);
-        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<CdrRow>>();
         let store = self.store();
-        std::thread::scope(|s| {
-            let reader = s.spawn(move || -> Result<()> {
-                let mut batch: Vec<CdrRow> = Vec::with_capacity(READ_BATCH);
-                let mut used = 0;
-                let stopped = || err!(ErrorCode::Internal, "the report's writer stopped");
-                store.read(&mut |tx| {
-                    tx.for_each_cdr(org_id, from, to, &mut |c| {
-                        if !wanted(c) {
-                            return Ok(());
-                        }
-                        // Take the row, leaving the store a spent one to refill.
-                        match batch.get_mut(used) {
-                            Some(spent) => std::mem::swap(spent, c),
-                            None => batch.push(c.clone()),
-                        }
-                        used += 1;
-                        if used == READ_BATCH {
-                            let next = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(READ_BATCH));
-                            full_tx.send(std::mem::replace(&mut batch, next)).map_err(|_| stopped())?;
-                            used = 0;
-                        }
-                        Ok(())
-                    })
-                })?;
-                batch.truncate(used);
-                if !batch.is_empty() {
-                    full_tx.send(batch).map_err(|_| stopped())?;
+        let mut n = 0;
+        read_ahead(
+            |lend| store.read(&mut |tx| tx.for_each_cdr(org_id, from, to, &mut |c| lend(c))),
+            wanted,
+            &mut |c| {
+                let row = self.usage_ref(&ctx, c);
+                if filter.capability.as_ref().is_some_and(|x| *x != row.capability) {
+                    return Ok(());
                 }
-                Ok(())
-            });
-            let mut n = 0;
-            let mut written = Ok(());
-            for batch in full_rx.iter() {
-                written = batch.iter().try_for_each(|c| {
-                    let row = self.usage_ref(&ctx, c);
-                    if filter.capability.as_ref().is_some_and(|x| *x != row.capability) {
-                        return Ok(());
-                    }
-                    n += 1;
-                    f(&row)
-                });
-                if written.is_err() {
-                    break;
-                }
-                // The reader may be gone already: then the batch is simply dropped.
-                let _ = empty_tx.send(batch);
-            }
-            // Stops the reader if it is still going (its next send fails).
-            drop(full_rx);
-            let read = reader.join().unwrap_or_else(|_| Err(err!(ErrorCode::Internal, "the report's reader panicked")));
-            // The writer's own error first: when it stopped, the reader's is only that.
-            written?;
-            read?;
-            Ok(n)
-        })
+                n += 1;
+                f(&row)
+            },
+        )?;
+        Ok(n)
     }
 
     /// Hands each report row matching `filter` to `f`, oldest first, streaming.
@@ -580,5 +602,73 @@ impl Engine {
         ws.autofilter(0, 0, row.max(1), (USAGE_HEADER.len() - 1) as u16).map_err(x)?;
         wb.save(path).map_err(x)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// Rows arrive whole and in order, whatever the batch boundaries.
+    #[test]
+    fn hands_every_kept_row_once_in_order() {
+        for total in [0u64, 1, 511, 512, 513, 5_000] {
+            let mut seen = Vec::new();
+            read_ahead(|lend| (0..total).try_for_each(|i| lend(&mut i.clone())), |i: &u64| i % 3 != 1, &mut |i| {
+                seen.push(*i);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, (0..total).filter(|i| i % 3 != 1).collect::<Vec<_>>(), "{total} rows");
+        }
+    }
+
+    /// A writer that fails stops the reader at its next row, even when the rows that follow
+    /// are all filtered out (a page of a rare country, a client that went away).
+    #[test]
+    fn a_failed_writer_stops_the_reader_at_its_next_row() {
+        const LIMIT: u64 = 10_000_000;
+        let writer_failed = AtomicBool::new(false);
+        let produced = AtomicU64::new(0);
+        let r = read_ahead(
+            |lend| {
+                for i in 0..LIMIT {
+                    produced.fetch_add(1, Ordering::Relaxed);
+                    // One full batch is kept, then nothing is: only the stop can end this early.
+                    lend(&mut if i < READ_BATCH as u64 { 0 } else { 1 })?;
+                    if !writer_failed.load(Ordering::Relaxed) && i >= READ_BATCH as u64 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                Ok(())
+            },
+            |v: &u64| *v == 0,
+            &mut |_| {
+                writer_failed.store(true, Ordering::Relaxed);
+                Err(err!(ErrorCode::NotFound, "the client went away"))
+            },
+        );
+        assert_eq!(r.unwrap_err().message, "the client went away");
+        let produced = produced.into_inner();
+        assert!(produced < LIMIT, "the reader went on to the end ({produced} rows) after the writer failed");
+    }
+
+    #[test]
+    fn a_failed_reader_is_reported() {
+        let mut seen = 0;
+        let r = read_ahead(
+            |lend| {
+                (0..600u64).try_for_each(|i| lend(&mut i.clone()))?;
+                Err(err!(ErrorCode::StoreError, "disk gone"))
+            },
+            |_: &u64| true,
+            &mut |_| {
+                seen += 1;
+                Ok(())
+            },
+        );
+        assert_eq!(r.unwrap_err().code, ErrorCode::StoreError);
+        assert!(seen <= 600);
     }
 }

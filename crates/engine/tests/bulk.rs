@@ -215,3 +215,37 @@ fn bulk_import_commits_and_answers_exactly_what_the_plain_path_does() {
         assert!(kinds.contains_key(k), "no {k} among {kinds:?}");
     }
 }
+
+/// The duplicate check that bulk import makes once per batch: a call id refused (a future
+/// time) and then accepted, one repeated around a refusal within a batch, and the whole
+/// file imported a second time (every call id now taken) answer and commit exactly as the
+/// plain path does.
+#[test]
+fn call_ids_refused_then_charged_repeated_and_reimported_agree_with_the_plain_path() {
+    let setup_at: Timestamp = "2026-11-01T09:00:00Z".parse().unwrap();
+    let import_at: Timestamp = "2026-11-03T00:00:00Z".parse().unwrap();
+    let (plain, po) = prepared(setup_at, import_at);
+    let (bulk, bo) = prepared(setup_at, import_at);
+    let tweak = |o: &Org| {
+        let mut r = records(o);
+        r[10].call_id = "x".into();
+        r[10].start_time = "2027-01-01T00:00:00Z".parse().unwrap();
+        r[11].call_id = "x".into();
+        r[12].call_id = "x".into();
+        r[17].call_id = "y".into();
+        r[20].call_id = "y".into();
+        r[30].call_id = "y".into();
+        r
+    };
+    let (pr, br) = (tweak(&po), tweak(&bo));
+    for round in 0..2 {
+        for (p, b) in pr.chunks(140).zip(br.chunks(140)) {
+            let p_out = plain.apply(import_at, p.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
+            let b_out = bulk.apply_bulk(import_at, b.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
+            for (x, y) in p_out.iter().zip(&b_out) {
+                assert_eq!(outcome(x), outcome(y), "round {round}");
+            }
+            assert_eq!(state(&plain, &po.id), state(&bulk, &bo.id), "round {round}");
+        }
+    }
+}

@@ -110,7 +110,8 @@ pub trait Tx {
     }
     fn update_reservation(&mut self, r: &ReservationRow) -> Result<()>;
     fn get_reservation(&mut self, org_id: &str, call_id: &str) -> Result<Option<ReservationRow>>;
-    /// Of `call_ids`, those that have a reservation in the organization (in any order):
+    /// Of `call_ids`, those that have a reservation in the organization (in any order; an
+    /// id asked twice may be listed twice):
     /// a bulk import asks once per batch instead of once per call. Adapters answer in one
     /// statement per few hundred ids.
     fn reserved_call_ids(&mut self, org_id: &str, call_ids: &[&str]) -> Result<Vec<String>> {
