@@ -174,6 +174,21 @@ fn records(o: &Org) -> Vec<CdrRecord> {
     out
 }
 
+/// Imports the same rows through `apply` on one engine and `apply_bulk` on the other,
+/// requires the same answers row by row, and returns them.
+fn import_both(
+    plain: &Engine,
+    bulk: &Engine,
+    at: Timestamp,
+    p: &[CdrRecord],
+    b: &[CdrRecord],
+) -> Vec<commcredits_core::Result<Outcome>> {
+    let p_out = plain.apply(at, p.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
+    let b_out = bulk.apply_bulk(at, b.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
+    assert_eq!(p_out.iter().map(outcome).collect::<Vec<_>>(), b_out.iter().map(outcome).collect::<Vec<_>>());
+    p_out
+}
+
 #[test]
 fn bulk_import_commits_and_answers_exactly_what_the_plain_path_does() {
     let setup_at: Timestamp = "2026-11-01T09:00:00Z".parse().unwrap();
@@ -185,11 +200,7 @@ fn bulk_import_commits_and_answers_exactly_what_the_plain_path_does() {
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     // Batches of uneven size, as a file's tail would be.
     for (p, b) in pr.chunks(97).zip(br.chunks(97)) {
-        let p_out = plain.apply(import_at, p.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
-        let b_out = bulk.apply_bulk(import_at, b.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
-        assert_eq!(p_out.len(), b_out.len());
-        for (x, y) in p_out.iter().zip(&b_out) {
-            assert_eq!(outcome(x), outcome(y));
+        for x in &import_both(&plain, &bulk, import_at, p, b) {
             let k = outcome(x).as_object().unwrap().keys().next().unwrap().clone();
             let k = match x {
                 Err(e) => format!("{k}:{}", e.code.as_str()),
@@ -240,11 +251,7 @@ fn call_ids_refused_then_charged_repeated_and_reimported_agree_with_the_plain_pa
     let (pr, br) = (tweak(&po), tweak(&bo));
     for round in 0..2 {
         for (p, b) in pr.chunks(140).zip(br.chunks(140)) {
-            let p_out = plain.apply(import_at, p.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
-            let b_out = bulk.apply_bulk(import_at, b.iter().cloned().map(Command::ImportCdr).collect()).unwrap();
-            for (x, y) in p_out.iter().zip(&b_out) {
-                assert_eq!(outcome(x), outcome(y), "round {round}");
-            }
+            import_both(&plain, &bulk, import_at, p, b);
             assert_eq!(state(&plain, &po.id), state(&bulk, &bo.id), "round {round}");
         }
     }
