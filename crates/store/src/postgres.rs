@@ -39,6 +39,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// One column of a bulk insert: `f` of every row, as the array UNNEST turns back into rows.
+fn column<'a, R, T>(rows: &'a [R], f: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_keys_idempotency.sql")),
@@ -1395,11 +1400,6 @@ impl Tx for PgTx<'_> {
     fn append_ledger_many(&mut self, entries: &[LedgerRow]) -> Result<()> {
         // UNNEST ... WITH ORDINALITY keeps the entries' order in their sequence numbers.
         for chunk in entries.chunks(BULK_ROWS) {
-            macro_rules! col {
-                ($f:expr) => {
-                    chunk.iter().map($f).collect::<Vec<_>>()
-                };
-            }
             self.exec(
                 "append ledger",
                 "INSERT INTO ledger (org_id, entry_id, kind, amount_minor, balance_after_minor, lot_id, call_id, order_id, at, memo) \
@@ -1407,16 +1407,16 @@ impl Tx for PgTx<'_> {
                  $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[]) WITH ORDINALITY AS u(a, b, c, d, e, f, g, h, i, j, n) \
                  ORDER BY n",
                 &[
-                    &col!(|l| l.org_id.as_str()),
-                    &col!(|l| l.entry_id.as_str()),
-                    &col!(|l| l.kind.as_str()),
-                    &col!(|l| l.amount_minor),
-                    &col!(|l| l.balance_after_minor),
-                    &col!(|l| l.lot_id.as_deref()),
-                    &col!(|l| l.call_id.as_deref()),
-                    &col!(|l| l.order_id.as_deref()),
-                    &col!(|l| micros(l.at)),
-                    &col!(|l| l.memo.as_str()),
+                    &column(chunk, |l| l.org_id.as_str()),
+                    &column(chunk, |l| l.entry_id.as_str()),
+                    &column(chunk, |l| l.kind.as_str()),
+                    &column(chunk, |l| l.amount_minor),
+                    &column(chunk, |l| l.balance_after_minor),
+                    &column(chunk, |l| l.lot_id.as_deref()),
+                    &column(chunk, |l| l.call_id.as_deref()),
+                    &column(chunk, |l| l.order_id.as_deref()),
+                    &column(chunk, |l| micros(l.at)),
+                    &column(chunk, |l| l.memo.as_str()),
                 ],
             )?;
         }
@@ -1677,11 +1677,6 @@ impl Tx for PgTx<'_> {
         // One statement per chunk: the columns travel as arrays and UNNEST turns them
         // back into rows, so a batch costs one round trip, not one per row.
         for chunk in rows.chunks(BULK_ROWS) {
-            macro_rules! col {
-                ($f:expr) => {
-                    chunk.iter().map($f).collect::<Vec<_>>()
-                };
-            }
             self.exec(
                 "insert cdrs",
                 concat!(
@@ -1693,29 +1688,29 @@ impl Tx for PgTx<'_> {
                      $21::text[], $22::text[], $23::text[])"
                 ),
                 &[
-                    &col!(|c| c.org_id.as_str()),
-                    &col!(|c| c.call_id.as_str()),
-                    &col!(|c| c.usage_id.as_str()),
-                    &col!(|c| c.call_type.as_str()),
-                    &col!(|c| c.user_id.as_deref()),
-                    &col!(|c| c.from_number.as_str()),
-                    &col!(|c| c.to_number.as_str()),
-                    &col!(|c| c.dest_country.as_deref()),
-                    &col!(|c| c.domestic),
-                    &col!(|c| micros(c.start_at)),
-                    &col!(|c| micros(c.end_at)),
-                    &col!(|c| c.duration_seconds),
-                    &col!(|c| c.charged_seconds),
-                    &col!(|c| c.overrun_seconds),
-                    &col!(|c| c.plan_minutes),
-                    &col!(|c| c.plan_kind.as_deref()),
-                    &col!(|c| c.charge_minor),
-                    &col!(|c| c.connection_fee_minor),
-                    &col!(|c| c.currency.as_str()),
-                    &col!(|c| c.funding.as_str()),
-                    &col!(|c| c.rate_name.as_deref()),
-                    &col!(|c| c.rate_per_minute.as_deref()),
-                    &col!(|c| c.source.as_str()),
+                    &column(chunk, |c| c.org_id.as_str()),
+                    &column(chunk, |c| c.call_id.as_str()),
+                    &column(chunk, |c| c.usage_id.as_str()),
+                    &column(chunk, |c| c.call_type.as_str()),
+                    &column(chunk, |c| c.user_id.as_deref()),
+                    &column(chunk, |c| c.from_number.as_str()),
+                    &column(chunk, |c| c.to_number.as_str()),
+                    &column(chunk, |c| c.dest_country.as_deref()),
+                    &column(chunk, |c| c.domestic),
+                    &column(chunk, |c| micros(c.start_at)),
+                    &column(chunk, |c| micros(c.end_at)),
+                    &column(chunk, |c| c.duration_seconds),
+                    &column(chunk, |c| c.charged_seconds),
+                    &column(chunk, |c| c.overrun_seconds),
+                    &column(chunk, |c| c.plan_minutes),
+                    &column(chunk, |c| c.plan_kind.as_deref()),
+                    &column(chunk, |c| c.charge_minor),
+                    &column(chunk, |c| c.connection_fee_minor),
+                    &column(chunk, |c| c.currency.as_str()),
+                    &column(chunk, |c| c.funding.as_str()),
+                    &column(chunk, |c| c.rate_name.as_deref()),
+                    &column(chunk, |c| c.rate_per_minute.as_deref()),
+                    &column(chunk, |c| c.source.as_str()),
                 ],
             )?;
         }
@@ -1724,11 +1719,6 @@ impl Tx for PgTx<'_> {
 
     fn insert_reservations(&mut self, rows: &[ReservationRow]) -> Result<()> {
         for chunk in rows.chunks(BULK_ROWS) {
-            macro_rules! col {
-                ($f:expr) => {
-                    chunk.iter().map($f).collect::<Vec<_>>()
-                };
-            }
             self.exec(
                 "insert reservations",
                 concat!(
@@ -1740,33 +1730,33 @@ impl Tx for PgTx<'_> {
                      $21::text[], $22::text[], $23::int8[], $24::int8[], $25::bool[], $26::text[], $27::bool[])"
                 ),
                 &[
-                    &col!(|r| r.org_id.as_str()),
-                    &col!(|r| r.call_id.as_str()),
-                    &col!(|r| r.call_type.as_str()),
-                    &col!(|r| r.user_id.as_deref()),
-                    &col!(|r| r.from_number.as_str()),
-                    &col!(|r| r.to_number.as_str()),
-                    &col!(|r| r.state.as_str()),
-                    &col!(|r| micros(r.created_at)),
-                    &col!(|r| micros(r.updated_at)),
-                    &col!(|r| micros(r.expires_at)),
-                    &col!(|r| r.granted_seconds),
-                    &col!(|r| r.used_seconds),
-                    &col!(|r| r.plan_scope.as_deref()),
-                    &col!(|r| r.plan_kind.as_deref()),
-                    &col!(|r| r.plan_month.map(i64::from)),
-                    &col!(|r| r.plan_minutes),
-                    &col!(|r| r.money_minor),
-                    &col!(|r| r.earmarks.as_str()),
-                    &col!(|r| i64::from(r.spend_month)),
-                    &col!(|r| r.rate_prefix.as_deref()),
-                    &col!(|r| r.rate_name.as_deref()),
-                    &col!(|r| r.rate_per_minute.as_deref()),
-                    &col!(|r| r.connection_fee_minor),
-                    &col!(|r| r.increment_seconds),
-                    &col!(|r| r.domestic),
-                    &col!(|r| r.dest_country.as_deref()),
-                    &col!(|r| r.emergency),
+                    &column(chunk, |r| r.org_id.as_str()),
+                    &column(chunk, |r| r.call_id.as_str()),
+                    &column(chunk, |r| r.call_type.as_str()),
+                    &column(chunk, |r| r.user_id.as_deref()),
+                    &column(chunk, |r| r.from_number.as_str()),
+                    &column(chunk, |r| r.to_number.as_str()),
+                    &column(chunk, |r| r.state.as_str()),
+                    &column(chunk, |r| micros(r.created_at)),
+                    &column(chunk, |r| micros(r.updated_at)),
+                    &column(chunk, |r| micros(r.expires_at)),
+                    &column(chunk, |r| r.granted_seconds),
+                    &column(chunk, |r| r.used_seconds),
+                    &column(chunk, |r| r.plan_scope.as_deref()),
+                    &column(chunk, |r| r.plan_kind.as_deref()),
+                    &column(chunk, |r| r.plan_month.map(i64::from)),
+                    &column(chunk, |r| r.plan_minutes),
+                    &column(chunk, |r| r.money_minor),
+                    &column(chunk, |r| r.earmarks.as_str()),
+                    &column(chunk, |r| i64::from(r.spend_month)),
+                    &column(chunk, |r| r.rate_prefix.as_deref()),
+                    &column(chunk, |r| r.rate_name.as_deref()),
+                    &column(chunk, |r| r.rate_per_minute.as_deref()),
+                    &column(chunk, |r| r.connection_fee_minor),
+                    &column(chunk, |r| r.increment_seconds),
+                    &column(chunk, |r| r.domestic),
+                    &column(chunk, |r| r.dest_country.as_deref()),
+                    &column(chunk, |r| r.emergency),
                 ],
             )?;
         }
