@@ -1095,9 +1095,11 @@ fn serve(
         .block_on(commcredits_server::serve(
             engine,
             listener,
-            std::time::Duration::from_secs(jobs_every.max(1)),
             channels,
-            session_secret,
+            commcredits_server::ServerOptions {
+                jobs_every: std::time::Duration::from_secs(jobs_every.max(1)),
+                session_secret: session_secret.map(str::to_string),
+            },
         ))
         .map_err(|e| err!(ErrorCode::Internal, "server failed: {e}"))?;
     eprintln!("Stopped.");

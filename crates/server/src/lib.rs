@@ -30,6 +30,23 @@ pub const MAX_JSON_BODY: usize = 256 * 1024;
 /// Largest CSV upload (CDRs, rate decks).
 pub const MAX_CSV_BODY: usize = 64 * 1024 * 1024;
 
+/// How `serve` runs: every setting of the server that is not the engine's.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Time between background job runs.
+    pub jobs_every: Duration,
+    /// Signs the admin pages' session cookies. Servers behind one address must share
+    /// it; without one each process picks a random secret (its sessions end when it
+    /// restarts).
+    pub session_secret: Option<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions { jobs_every: Duration::from_secs(15), session_secret: None }
+    }
+}
+
 pub struct App {
     pub engine: Arc<Engine>,
     /// Where notices go (the webhook sender also serves `webhooks/{id}/test`).
@@ -191,19 +208,16 @@ impl App {
     }
 
     pub fn with_delivery(engine: Arc<Engine>, delivery: commcredits_engine::delivery::Delivery) -> Arc<App> {
-        App::with_options(engine, delivery, None)
+        App::with_options(engine, delivery, &ServerOptions::default())
     }
 
-    /// `session_secret`: signs the admin pages' session cookies. Servers behind one
-    /// address must share it; without one each process picks a random secret (its
-    /// sessions end when it restarts).
     pub fn with_options(
         engine: Arc<Engine>,
         delivery: commcredits_engine::delivery::Delivery,
-        session_secret: Option<&str>,
+        options: &ServerOptions,
     ) -> Arc<App> {
         Arc::new(App {
-            sessions: admin::session::Sessions::new(session_secret),
+            sessions: admin::session::Sessions::new(options.session_secret.as_deref()),
             delivery,
             calls: writer::CallWriter::start(engine.clone()),
             engine,
@@ -272,14 +286,13 @@ pub fn spawn_jobs(
 pub async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
-    jobs_every: Duration,
     delivery: commcredits_engine::delivery::Delivery,
-    session_secret: Option<&str>,
+    options: ServerOptions,
 ) -> std::io::Result<()> {
-    let app = App::with_options(engine.clone(), delivery, session_secret);
+    let app = App::with_options(engine.clone(), delivery, &options);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let jobs = spawn_jobs(engine, jobs_every, stop_rx.clone());
-    let sender = spawn_delivery(app.clone(), Duration::from_secs(5).min(jobs_every), stop_rx);
+    let jobs = spawn_jobs(engine, options.jobs_every, stop_rx.clone());
+    let sender = spawn_delivery(app.clone(), Duration::from_secs(5).min(options.jobs_every), stop_rx);
     let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
     let _ = stop_tx.send(true);
