@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod openapi;
 pub mod reports;
 pub mod routes;
 pub mod writer;
@@ -99,7 +100,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::import_cdrs))
         .routes(routes!(routes::import_rates))
         .layer(DefaultBodyLimit::max(MAX_CSV_BODY));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::create_org))
         .routes(routes!(routes::get_org))
         .routes(routes!(routes::create_user, routes::list_users))
@@ -130,8 +131,10 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::update))
         .routes(routes!(routes::end))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .merge(csv_routes)
-        .split_for_parts()
+        .merge(csv_routes);
+    let (router, mut doc) = api.split_for_parts();
+    openapi::document_errors(&mut doc);
+    (router, doc)
 }
 
 /// The whole application: API, OpenAPI document, admin pages, health, metrics.

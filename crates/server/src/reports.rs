@@ -86,7 +86,9 @@ fn time(what: &str, text: &str) -> ApiResult<Timestamp> {
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/reports/pstn-usage", tag = "reports", params(("org" = String, Path), UsageQuery),
     responses(
-        (status = 200, description = "JSON page, or a CSV (text/csv) or Excel file", body = UsagePage),
+        (status = 200, description = "A JSON page (format=json), or the whole period as a CSV file (format=csv), an Excel workbook (format=xlsx) or the original product's zip bundle (format=zip)",
+            content((UsagePage = "application/json"), (String = "text/csv"),
+                (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"), (Vec<u8> = "application/zip"))),
         (status = "4XX", body = Problem)),
     security(("api_key" = [])))]
 pub async fn pstn_usage(

@@ -14,6 +14,8 @@ use std::sync::Arc;
 // ---------------------------------------------------------------- harness
 
 struct TestApp {
+    /// Answers of this server that the OpenAPI document does not declare.
+    undeclared: Arc<std::sync::Mutex<Vec<String>>>,
     base: String,
     engine: Arc<Engine>,
     client: reqwest::Client,
@@ -74,11 +76,51 @@ async fn spawn_app() -> TestApp {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
-    let router = commcredits_server::router(commcredits_server::App::new(engine.clone()));
+    let undeclared = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let router = commcredits_server::router(commcredits_server::App::new(engine.clone()))
+        .layer(axum::middleware::from_fn_with_state(undeclared.clone(), check_against_document));
     tokio::spawn(async move {
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve");
     });
-    TestApp { base: format!("http://{addr}"), engine, client: reqwest::Client::new(), operator, call_control }
+    TestApp {
+        undeclared,
+        base: format!("http://{addr}"),
+        engine,
+        client: reqwest::Client::new(),
+        operator,
+        call_control,
+    }
+}
+
+/// Holds every answer of an API route to the OpenAPI document: its status must be
+/// declared for the route and method, with the content type it was sent with.
+async fn check_against_document(
+    axum::extract::State(undeclared): axum::extract::State<Arc<std::sync::Mutex<Vec<String>>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let doc = DOC.get_or_init(|| commcredits_server::api().1);
+    if let Some(route) = route.filter(|r| r.starts_with("/v1/")) {
+        let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let status = resp.status().as_u16();
+        if let Err(e) = commcredits_server::openapi::check_answer(doc, &method, &route, status, ctype) {
+            undeclared.lock().unwrap().push(e);
+        }
+    }
+    resp
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let undeclared = std::mem::take(&mut *self.undeclared.lock().unwrap());
+        if !undeclared.is_empty() && !std::thread::panicking() {
+            panic!("answers the OpenAPI document does not declare:\n{}", undeclared.join("\n"));
+        }
+    }
 }
 
 impl TestApp {
