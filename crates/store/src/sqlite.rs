@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_cdrs_time_order.sql")),
     (5, include_str!("../migrations/sqlite/0005_cdrs_clustered.sql")),
     (6, include_str!("../migrations/sqlite/0006_reservations_pending.sql")),
+    (7, include_str!("../migrations/sqlite/0007_idempotency_expiry.sql")),
 ];
 
 pub struct SqliteStore {
@@ -1293,7 +1294,8 @@ impl Tx for SqliteTx<'_> {
     fn get_idempotency(&mut self, org_id: &str, key: &str) -> Result<Option<IdempotencyRow>> {
         self.one(
             "get idempotency",
-            "SELECT org_id, idem_key, fingerprint, status, body, created_at FROM idempotency WHERE org_id = ?1 AND idem_key = ?2",
+            "SELECT org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id FROM idempotency \
+             WHERE org_id = ?1 AND idem_key = ?2",
             [org_id, key],
             |r| {
                 Ok(IdempotencyRow {
@@ -1303,6 +1305,8 @@ impl Tx for SqliteTx<'_> {
                     status: r.get(3)?,
                     body: r.get(4)?,
                     created_at: ts(r.get(5)?),
+                    expires_at: ts(r.get(6)?),
+                    call_id: r.get(7)?,
                 })
             },
         )
@@ -1311,11 +1315,78 @@ impl Tx for SqliteTx<'_> {
     fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()> {
         self.exec(
             "put idempotency",
-            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (org_id, idem_key) DO UPDATE SET status = excluded.status, body = excluded.body",
-            params![i.org_id, i.key, i.fingerprint, i.status, i.body, micros(i.created_at)],
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             call_id = excluded.call_id",
+            params![i.org_id, i.key, i.fingerprint, i.status, i.body, micros(i.created_at), micros(i.expires_at), i.call_id],
         )
         .map(drop)
+    }
+
+    fn take_idempotency(&mut self, i: &IdempotencyRow, now: Timestamp) -> Result<bool> {
+        Ok(self.exec(
+            "take idempotency key",
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             call_id = excluded.call_id \
+             WHERE idempotency.expires_at <= ?9",
+            params![
+                i.org_id,
+                i.key,
+                i.fingerprint,
+                i.status,
+                i.body,
+                micros(i.created_at),
+                micros(i.expires_at),
+                i.call_id,
+                micros(now)
+            ],
+        )? == 1)
+    }
+
+    fn replace_claim(&mut self, i: &IdempotencyRow, claim: &str) -> Result<bool> {
+        Ok(self.exec(
+            "replace idempotency claim",
+            "UPDATE idempotency SET fingerprint = ?3, status = ?4, body = ?5, created_at = ?6, expires_at = ?7, \
+             call_id = ?8 WHERE org_id = ?1 AND idem_key = ?2 AND status = 0 AND body = ?9",
+            params![
+                i.org_id,
+                i.key,
+                i.fingerprint,
+                i.status,
+                i.body,
+                micros(i.created_at),
+                micros(i.expires_at),
+                i.call_id,
+                claim
+            ],
+        )? == 1)
+    }
+
+    fn delete_idempotency(&mut self, org_id: &str, key: &str) -> Result<()> {
+        self.exec("delete idempotency", "DELETE FROM idempotency WHERE org_id = ?1 AND idem_key = ?2", [org_id, key])
+            .map(drop)
+    }
+
+    fn delete_call_idempotency(&mut self, org_id: &str, call_id: &str) -> Result<usize> {
+        self.exec(
+            "delete call idempotency",
+            "DELETE FROM idempotency WHERE org_id = ?1 AND call_id = ?2",
+            [org_id, call_id],
+        )
+    }
+
+    fn delete_expired_idempotency(&mut self, now: Timestamp, limit: usize) -> Result<usize> {
+        self.exec(
+            "delete expired idempotency",
+            "DELETE FROM idempotency WHERE rowid IN \
+             (SELECT rowid FROM idempotency WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+            params![micros(now), limit as i64],
+        )
     }
 
     fn count_open_reservations_all(&mut self) -> Result<i64> {
