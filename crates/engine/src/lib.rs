@@ -275,9 +275,7 @@ pub enum Keep {
     /// authorize for `Config::denial_replay_ms` (a retry of a lost answer); a refused
     /// update, an error or an `end` (which answers its first result by itself) not at
     /// all: those are decided again, on the situation as it is then.
-    CallDecision {
-        call_id: String,
-    },
+    CallDecision { call_id: String },
 }
 
 /// What a command produced.
@@ -598,7 +596,10 @@ impl Engine {
                 let row = if *status >= 500 {
                     // Nothing to replay: the claim is released (its lease ends now) and
                     // the request may be sent again.
-                    commcredits_store::IdempotencyRow { expires_at: now, ..self.claim_row(org, key, fingerprint, token, now)? }
+                    commcredits_store::IdempotencyRow {
+                        expires_at: now,
+                        ..self.claim_row(org, key, fingerprint, token, now)?
+                    }
                 } else {
                     commcredits_store::IdempotencyRow {
                         org_id: org.clone(),
@@ -641,10 +642,18 @@ impl Engine {
         })
     }
 
-    fn claim_answer(&self, tx: &mut dyn Tx, org: &str, key: &str, fingerprint: &str, now: Timestamp) -> Result<Outcome> {
+    fn claim_answer(
+        &self,
+        tx: &mut dyn Tx,
+        org: &str,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> Result<Outcome> {
         check_key(key)?;
-        let in_use =
-            || err!(ErrorCode::IdempotencyKeyInUse, "a request with key '{key}' is still being processed; retry shortly");
+        let in_use = || {
+            err!(ErrorCode::IdempotencyKeyInUse, "a request with key '{key}' is still being processed; retry shortly")
+        };
         if let Some(first) = tx.get_idempotency(org, key)?.filter(|f| f.expires_at > now) {
             if first.fingerprint != fingerprint {
                 return Err(err!(ErrorCode::IdempotencyKeyReused, "'{key}' was already used for a different request"));

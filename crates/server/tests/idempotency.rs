@@ -127,7 +127,8 @@ impl TestApp {
 
     async fn spend_limit(&self, s: &Seed, minor: i64) {
         let body = json!({"spend_limit": minor}).to_string();
-        let (status, v) = self.send("PATCH", &format!("/v1/orgs/{}/users/{}", s.org, s.bob), &s.admin, None, body.into()).await;
+        let (status, v) =
+            self.send("PATCH", &format!("/v1/orgs/{}/users/{}", s.org, s.bob), &s.admin, None, body.into()).await;
         assert_eq!(status, 200, "{v}");
     }
 
@@ -160,7 +161,10 @@ async fn a_refused_update_is_decided_again_once_the_spend_limit_is_raised() {
     assert_eq!((status, a["decision"].as_str()), (200, Some("allow")), "{a}");
     let (status, refused) = app.update(&s, "c1", 110, 300, None).await;
     assert_eq!(status, 200, "{refused}");
-    assert_eq!((refused["granted_seconds"].as_u64(), refused["reason"].as_str()), (Some(0), Some("spend_limit_reached")));
+    assert_eq!(
+        (refused["granted_seconds"].as_u64(), refused["reason"].as_str()),
+        (Some(0), Some("spend_limit_reached"))
+    );
     // The same refusal with an Idempotency-Key of its own.
     let (_, keyed) = app.update(&s, "c1", 110, 300, Some("u-110")).await;
     assert_eq!(keyed["reason"], "spend_limit_reached", "{keyed}");
@@ -250,19 +254,22 @@ async fn call_control_leaves_no_idempotency_records_once_calls_end() {
 /// denial records, the time to live of request keys and the bounded sweep.
 #[test]
 fn denials_are_replayed_for_a_moment_and_recorded_once_per_decision() {
-    let engine = Engine::new(Arc::new(commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap())).unwrap();
+    let engine =
+        Engine::new(Arc::new(commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap())).unwrap();
     let s = seed(&engine);
     let t0 = Timestamp::now();
     let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
-    let limit = |minor: &str| Command::UpdateUser(commcredits_engine::admin::UserChanges {
-        org: s.org.clone(),
-        user: s.bob.clone(),
-        display_name: None,
-        usage_location: None,
-        dial_out: None,
-        conference_dial_out: None,
-        spend_limit: Some(Some(minor.into())),
-    });
+    let limit = |minor: &str| {
+        Command::UpdateUser(commcredits_engine::admin::UserChanges {
+            org: s.org.clone(),
+            user: s.bob.clone(),
+            display_name: None,
+            usage_location: None,
+            dial_out: None,
+            conference_dial_out: None,
+            spend_limit: Some(Some(minor.into())),
+        })
+    };
     engine.apply_one(t0, limit("0.00")).unwrap();
     let authorize = || Command::Idempotent {
         org: s.org.clone(),
@@ -336,7 +343,8 @@ fn denials_are_replayed_for_a_moment_and_recorded_once_per_decision() {
 
 #[test]
 fn an_upload_claim_is_a_lease_renewed_by_its_holder() {
-    let engine = Engine::new(Arc::new(commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap())).unwrap();
+    let engine =
+        Engine::new(Arc::new(commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap())).unwrap();
     let s = seed(&engine);
     let t0 = Timestamp::now();
     let at = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
@@ -351,7 +359,12 @@ fn an_upload_claim_is_a_lease_renewed_by_its_holder() {
     let refresh = |tok: &str, when: i64| match engine
         .apply_one(
             at(when),
-            Command::RefreshClaim { org: s.org.clone(), key: "up-1".into(), fingerprint: "fp".into(), token: tok.into() },
+            Command::RefreshClaim {
+                org: s.org.clone(),
+                key: "up-1".into(),
+                fingerprint: "fp".into(),
+                token: tok.into(),
+            },
         )
         .unwrap()
     {
