@@ -1641,6 +1641,56 @@ mod tests {
         assert_eq!(version, MIGRATIONS.last().unwrap().0);
     }
 
+    /// The migration that gives idempotency records an end gives the records kept
+    /// before it one too: a claim left by a crash lapses after the lease, an answer
+    /// after the time to live. The sweep and a call's end find records by index.
+    #[test]
+    fn records_kept_before_expiry_existed_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("before.db").to_string_lossy().into_owned();
+        let expiry = MIGRATIONS.iter().position(|(_, sql)| sql.contains("idempotency_expiry")).unwrap();
+        let created = micros("2026-03-01T10:00:00Z".parse().unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (version, sql) in &MIGRATIONS[..expiry] {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [version]).unwrap();
+            }
+            for (key, status) in [("crashed-upload", 0), ("answered", 201)] {
+                conn.execute(
+                    "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at) \
+                     VALUES ('o1', ?1, 'f', ?2, 'null', ?3)",
+                    params![key, status, created],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let mut rows = Vec::new();
+        store
+            .read(&mut |tx| {
+                rows = vec![tx.get_idempotency("o1", "crashed-upload")?, tx.get_idempotency("o1", "answered")?];
+                Ok(())
+            })
+            .unwrap();
+        let expires: Vec<i64> = rows.iter().map(|r| micros(r.as_ref().unwrap().expires_at)).collect();
+        assert_eq!(expires, vec![created + 120_000_000, created + 86_400_000_000]);
+        let conn = store.writer.lock().unwrap();
+        let plan = |sql: &str| -> String {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let sweep = plan("SELECT rowid FROM idempotency WHERE expires_at <= 5 ORDER BY expires_at LIMIT 10");
+        assert!(sweep.contains("idempotency_expiry"), "{sweep}");
+        let call = plan("DELETE FROM idempotency WHERE org_id = 'o1' AND call_id = 'c1'");
+        assert!(call.contains("idempotency_calls"), "{call}");
+    }
+
     /// The lookups of calls in progress use the indexes of calls in progress (settled
     /// calls, nearly every row, are in neither).
     #[test]
