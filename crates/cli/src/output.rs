@@ -475,6 +475,7 @@ impl Out {
         println!("expiring-funds notices {}", r.expiring_notices);
         println!("pools opened           {}", r.pools_opened);
         println!("pending orders charged {}", r.orders_charged);
+        println!("idempotency expired    {}", r.idempotency_expired);
         println!("notices delivered      {} ({} to retry, {} failed)", d.sent, d.retrying, d.failed);
     }
 

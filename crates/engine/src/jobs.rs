@@ -20,6 +20,8 @@ pub struct JobReport {
     pub expiring_notices: usize,
     pub pools_opened: usize,
     pub orders_charged: usize,
+    /// Idempotency records deleted because they had expired.
+    pub idempotency_expired: usize,
 }
 
 fn count(results: Vec<Result<Outcome>>) -> usize {
@@ -110,7 +112,18 @@ impl Engine {
         for (org, order) in &pending {
             self.charge_order(org, order, now)?;
         }
+        // Expired idempotency records, a bounded batch per transaction so that call
+        // control never waits long behind the sweep.
+        let mut idempotency_expired = 0;
+        for _ in 0..MAX_ROUNDS {
+            let n = count(self.apply(now, vec![Command::SweepIdempotency { limit: JOB_BATCH }])?);
+            idempotency_expired += n;
+            if n < JOB_BATCH {
+                break;
+            }
+        }
         Ok(JobReport {
+            idempotency_expired,
             lots_expired,
             reservations_expired,
             expiring_notices,

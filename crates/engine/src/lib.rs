@@ -44,6 +44,18 @@ pub struct Config {
     pub expiring_notice_days: i64,
     /// Largest batch one `apply` accepts.
     pub max_batch: usize,
+    /// How long the answer to a request with an `Idempotency-Key` (and a call-control
+    /// decision) is replayed; after it the key is free again and `jobs run` deletes the
+    /// record.
+    pub idempotency_ttl_seconds: i64,
+    /// The lease of a claim on an `Idempotency-Key` (a CDR upload, whose work spans
+    /// several transactions). The holder renews it while it works; when the holder
+    /// dies, another request can take the key once the lease has lapsed.
+    pub claim_lease_seconds: i64,
+    /// How long a denied authorize is answered again as it was, with no second decision
+    /// and no second denial record (the retry of a lost answer). Later, the same call id
+    /// is decided again.
+    pub denial_replay_ms: i64,
 }
 
 impl Default for Config {
@@ -55,6 +67,9 @@ impl Default for Config {
             default_requested_seconds: 300,
             expiring_notice_days: 30,
             max_batch: 10_000,
+            idempotency_ttl_seconds: 24 * 3600,
+            claim_lease_seconds: 120,
+            denial_replay_ms: 1_000,
         }
     }
 }
@@ -201,32 +216,66 @@ pub enum Command {
         key_id: String,
     },
     /// Claims an idempotency key for a request whose effects span several
-    /// transactions (a CDR file): answers `Count(1)` when this request may proceed,
-    /// `Replayed` with the first answer, or `idempotency_key_in_use` while another
-    /// request holds the claim.
+    /// transactions (a CDR file): answers `Claimed` with the claim's token when this
+    /// request may proceed, `Replayed` with the first answer, or
+    /// `idempotency_key_in_use` while another request holds the claim. The claim is a
+    /// lease (`Config::claim_lease_seconds`): a claim whose holder died lapses, and the
+    /// key is then taken again, by one request only.
     ClaimAnswer {
         org: String,
         key: String,
         fingerprint: String,
     },
-    /// Records the answer to a request claimed with `ClaimAnswer`.
+    /// Renews the lease of a claim while its holder works: `Count(1)`, or `Count(0)`
+    /// when the claim lapsed and another request took the key.
+    RefreshClaim {
+        org: String,
+        key: String,
+        fingerprint: String,
+        token: String,
+    },
+    /// Records the answer to a request claimed with `ClaimAnswer` (`Count(1)`), if the
+    /// claim is still this request's (`Count(0)` when it lapsed and was taken). An
+    /// answer of 500 or more is not kept: the claim is released and the request may be
+    /// sent again.
     RememberAnswer {
         org: String,
         key: String,
         fingerprint: String,
+        token: String,
         status: u16,
         body: serde_json::Value,
     },
-    /// Runs `inner` once per (`org`, `key`): the first answer is stored in the same
-    /// transaction as the effect and replayed afterwards. The same key with another
-    /// `fingerprint` (request) fails with `conflict`.
+    /// Runs `inner` once per (`org`, `key`): the answer `keep` asks for is stored in
+    /// the same transaction as the effect and replayed afterwards. The same key with
+    /// another `fingerprint` (request) fails with `conflict`.
     Idempotent {
         org: String,
         key: String,
         fingerprint: String,
         conflict: ErrorCode,
+        keep: Keep,
         inner: Box<Command>,
     },
+    /// Deletes at most `limit` idempotency records that have expired (`jobs run`).
+    SweepIdempotency {
+        limit: usize,
+    },
+}
+
+/// Which answers [`Command::Idempotent`] keeps, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Every answer below 500, for `Config::idempotency_ttl_seconds`: a request's
+    /// `Idempotency-Key`.
+    Answer,
+    /// Call control for `call_id`: only what deciding again could not give back. An
+    /// allowed authorize (a call id is used once) and an update that granted time are
+    /// kept until the call ends (at most `Config::idempotency_ttl_seconds`); a denied
+    /// authorize for `Config::denial_replay_ms` (a retry of a lost answer); a refused
+    /// update, an error or an `end` (which answers its first result by itself) not at
+    /// all: those are decided again, on the situation as it is then.
+    CallDecision { call_id: String },
 }
 
 /// What a command produced.
@@ -255,6 +304,10 @@ pub enum Outcome {
     Webhook(views::NewWebhook),
     /// A new API key, with its secret (shown once).
     Key(keys::NewKey),
+    /// A claim on an idempotency key, held with this token (`ClaimAnswer`).
+    Claimed {
+        token: String,
+    },
     /// The stored first answer to an idempotent request.
     Replayed {
         status: u16,
@@ -502,9 +555,18 @@ impl Engine {
                 calls::update(self, tx, org, call_id, *used_seconds, *requested_seconds, now, fx).map(Outcome::Updated)
             }
             Command::End { org, call_id, duration_seconds } => {
-                calls::end(self, tx, org, call_id, *duration_seconds, false, now, fx).map(Outcome::Ended)
+                let v = calls::end(self, tx, org, call_id, *duration_seconds, false, now, fx)?;
+                // Call control's idempotency records end with the call.
+                tx.delete_call_idempotency(org, call_id)?;
+                Ok(Outcome::Ended(v))
             }
-            Command::TimeoutReservation { org, call_id } => calls::timeout(self, tx, org, call_id, now, fx),
+            Command::TimeoutReservation { org, call_id } => {
+                let settled = calls::timeout(self, tx, org, call_id, now, fx)?;
+                if matches!(settled, Outcome::Count(1)) {
+                    tx.delete_call_idempotency(org, call_id)?;
+                }
+                Ok(settled)
+            }
             Command::ImportCdr(rec) => cdr::import_one(self, tx, rec, now, fx),
             Command::ImportRates { kind, currency, csv } => import_rates(tx, *kind, currency, csv, now),
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
@@ -525,53 +587,89 @@ impl Engine {
             }
             Command::CreateKey { org, role, name } => keys::create(tx, org.as_deref(), role, name, now),
             Command::RevokeKey { org, key_id } => keys::revoke(tx, org.as_deref(), key_id, now),
-            Command::ClaimAnswer { org, key, fingerprint } => {
-                match tx.get_idempotency(org, key)? {
-                    Some(first) if first.fingerprint != *fingerprint => {
-                        return Err(err!(
-                            ErrorCode::IdempotencyKeyReused,
-                            "'{key}' was already used for a different request"
-                        ))
-                    }
-                    Some(first) if first.status == 0 => {
-                        return Err(err!(
-                            ErrorCode::IdempotencyKeyInUse,
-                            "a request with key '{key}' is still being processed; retry shortly"
-                        ))
-                    }
-                    // A request that failed on our side (5xx) may be tried again.
-                    Some(first) if first.status < 500 => {
-                        let body =
-                            serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
-                        return Ok(Outcome::Replayed { status: first.status as u16, body });
-                    }
-                    _ => {}
-                }
-                tx.put_idempotency(&commcredits_store::IdempotencyRow {
-                    org_id: org.clone(),
-                    key: key.clone(),
-                    fingerprint: fingerprint.clone(),
-                    status: 0,
-                    body: "null".into(),
-                    created_at: now,
-                })?;
-                Ok(Outcome::Count(1))
+            Command::ClaimAnswer { org, key, fingerprint } => self.claim_answer(tx, org, key, fingerprint, now),
+            Command::RefreshClaim { org, key, fingerprint, token } => {
+                let claim = self.claim_row(org, key, fingerprint, token, now)?;
+                Ok(Outcome::Count(usize::from(tx.replace_claim(&claim, token)?)))
             }
-            Command::RememberAnswer { org, key, fingerprint, status, body } => {
-                tx.put_idempotency(&commcredits_store::IdempotencyRow {
-                    org_id: org.clone(),
-                    key: key.clone(),
-                    fingerprint: fingerprint.clone(),
-                    status: i64::from(*status),
-                    body: body.to_string(),
-                    created_at: now,
-                })?;
-                Ok(Outcome::Done)
+            Command::RememberAnswer { org, key, fingerprint, token, status, body } => {
+                let row = if *status >= 500 {
+                    // Nothing to replay: the claim is released (its lease ends now) and
+                    // the request may be sent again.
+                    commcredits_store::IdempotencyRow {
+                        expires_at: now,
+                        ..self.claim_row(org, key, fingerprint, token, now)?
+                    }
+                } else {
+                    commcredits_store::IdempotencyRow {
+                        org_id: org.clone(),
+                        key: key.clone(),
+                        fingerprint: fingerprint.clone(),
+                        status: i64::from(*status),
+                        body: body.to_string(),
+                        created_at: now,
+                        expires_at: later(now, jiff::SignedDuration::from_secs(self.config.idempotency_ttl_seconds))?,
+                        call_id: None,
+                    }
+                };
+                Ok(Outcome::Count(usize::from(tx.replace_claim(&row, token)?)))
             }
-            Command::Idempotent { org, key, fingerprint, conflict, inner } => {
-                self.idempotent(tx, org, key, fingerprint, *conflict, inner, now, fx)
+            Command::Idempotent { org, key, fingerprint, conflict, keep, inner } => {
+                self.idempotent(tx, org, key, fingerprint, *conflict, keep, inner, now, fx)
             }
+            Command::SweepIdempotency { limit } => Ok(Outcome::Count(tx.delete_expired_idempotency(now, *limit)?)),
         }
+    }
+
+    /// A claim on `key` held by `token`, with a lease from `now`.
+    fn claim_row(
+        &self,
+        org: &str,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<commcredits_store::IdempotencyRow> {
+        Ok(commcredits_store::IdempotencyRow {
+            org_id: org.into(),
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+            status: 0,
+            body: token.into(),
+            created_at: now,
+            expires_at: later(now, jiff::SignedDuration::from_secs(self.config.claim_lease_seconds))?,
+            call_id: None,
+        })
+    }
+
+    fn claim_answer(
+        &self,
+        tx: &mut dyn Tx,
+        org: &str,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> Result<Outcome> {
+        check_key(key)?;
+        let in_use = || {
+            err!(ErrorCode::IdempotencyKeyInUse, "a request with key '{key}' is still being processed; retry shortly")
+        };
+        if let Some(first) = tx.get_idempotency(org, key)?.filter(|f| f.expires_at > now) {
+            if first.fingerprint != fingerprint {
+                return Err(err!(ErrorCode::IdempotencyKeyReused, "'{key}' was already used for a different request"));
+            }
+            if first.status == 0 {
+                return Err(in_use());
+            }
+            return replay(&first);
+        }
+        // No live record: take the key, in one conditional statement, so that of two
+        // requests (or servers) racing for a lapsed claim one only goes on.
+        let token = new_id();
+        if !tx.take_idempotency(&self.claim_row(org, key, fingerprint, &token, now)?, now)? {
+            return Err(in_use());
+        }
+        Ok(Outcome::Claimed { token })
     }
 
     fn idempotent(
@@ -581,19 +679,24 @@ impl Engine {
         key: &str,
         fingerprint: &str,
         conflict: ErrorCode,
+        keep: &Keep,
         inner: &Command,
         now: Timestamp,
         fx: &mut Effects,
     ) -> Result<Outcome> {
-        if key.is_empty() || key.len() > 255 {
-            return Err(err!(ErrorCode::InvalidInput, "an idempotency key is 1 to 255 characters"));
-        }
-        if let Some(first) = tx.get_idempotency(org, key)? {
+        check_key(key)?;
+        let first = tx.get_idempotency(org, key)?;
+        if let Some(first) = first.as_ref().filter(|f| f.expires_at > now) {
             if first.fingerprint != fingerprint {
                 return Err(err!(conflict, "'{key}' was already used for a different request"));
             }
-            let body = serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
-            return Ok(Outcome::Replayed { status: first.status as u16, body });
+            if first.status == 0 {
+                return Err(err!(
+                    ErrorCode::IdempotencyKeyInUse,
+                    "a request with key '{key}' is still being processed; retry shortly"
+                ));
+            }
+            return replay(first);
         }
         tx.savepoint()?;
         let mut local = Effects::default();
@@ -607,15 +710,28 @@ impl Engine {
             Err(_) => tx.rollback_savepoint()?,
         }
         let (status, body) = views::respond(&result);
-        if status < 500 {
-            tx.put_idempotency(&commcredits_store::IdempotencyRow {
+        let ttl = jiff::SignedDuration::from_secs(self.config.idempotency_ttl_seconds);
+        let (kept_for, call_id) = match keep {
+            Keep::Answer => ((status < 500).then_some(ttl), None),
+            Keep::CallDecision { call_id } => {
+                let denial = jiff::SignedDuration::from_millis(self.config.denial_replay_ms);
+                (call_decision_kept_for(status, &body, ttl, denial), Some(call_id.clone()))
+            }
+        };
+        match kept_for {
+            Some(d) => tx.put_idempotency(&commcredits_store::IdempotencyRow {
                 org_id: org.into(),
                 key: key.into(),
                 fingerprint: fingerprint.into(),
                 status: i64::from(status),
                 body: body.to_string(),
                 created_at: now,
-            })?;
+                expires_at: later(now, d)?,
+                call_id,
+            })?,
+            // An expired record of the key goes now rather than at the next sweep.
+            None if first.is_some() => tx.delete_idempotency(org, key)?,
+            None => {}
         }
         result
     }
@@ -634,6 +750,45 @@ impl Engine {
             }
         })
     }
+}
+
+/// How long a call-control answer is kept (see [`Keep::CallDecision`]), judged on the
+/// answer as rendered, so that a replayed answer is judged as the first one was.
+fn call_decision_kept_for(
+    status: u16,
+    body: &serde_json::Value,
+    ttl: jiff::SignedDuration,
+    denial: jiff::SignedDuration,
+) -> Option<jiff::SignedDuration> {
+    if status != 200 {
+        return None;
+    }
+    if body["decision"] == "deny" {
+        return Some(denial);
+    }
+    if !body["reason"].is_null() {
+        // An update that could not grant more: decided again when asked again.
+        return None;
+    }
+    // An allowed authorize, or an update that granted time.
+    (body["decision"] == "allow" || body.get("total_granted_seconds").is_some()).then_some(ttl)
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 255 {
+        return Err(err!(ErrorCode::InvalidInput, "an idempotency key is 1 to 255 characters"));
+    }
+    Ok(())
+}
+
+fn replay(first: &commcredits_store::IdempotencyRow) -> Result<Outcome> {
+    let body = serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
+    Ok(Outcome::Replayed { status: first.status as u16, body })
+}
+
+/// `now + d`, checked: a configured duration that overflows time is an error, not a panic.
+fn later(now: Timestamp, d: jiff::SignedDuration) -> Result<Timestamp> {
+    now.checked_add(d).map_err(|e| internal(format!("idempotency expiry: {e}")))
 }
 
 fn import_rates(tx: &mut dyn Tx, kind: DeckKind, currency: &str, csv: &str, now: Timestamp) -> Result<Outcome> {

@@ -565,5 +565,6 @@ pub fn respond(result: &commcredits_core::Result<crate::Outcome>) -> (u16, serde
         Ok(Outcome::User(v)) => (200, json(v)),
         Ok(Outcome::Credits(v)) => (200, json(v)),
         Ok(Outcome::Replayed { status, body }) => (*status, body.clone()),
+        Ok(Outcome::Claimed { .. }) => (200, serde_json::json!({})),
     }
 }

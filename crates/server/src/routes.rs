@@ -18,7 +18,7 @@ use commcredits_engine::cdr::ImportReport;
 use commcredits_engine::keys::Role;
 use commcredits_engine::payments::CardInput;
 use commcredits_engine::views::*;
-use commcredits_engine::{Command, Outcome};
+use commcredits_engine::{Command, Keep, Outcome};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
@@ -115,7 +115,7 @@ fn idem_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// A hash of the request an idempotency key was used with. A card number is
 /// replaced by its last four digits first: the stored hash must not let anyone
 /// recover the number by trying the few candidates its brand, last 4 and expiry leave.
-pub(crate) fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> String {
+pub fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(method.as_str().as_bytes());
@@ -170,12 +170,17 @@ pub(crate) struct Req<'a> {
 impl Req<'_> {
     /// Wraps `cmd` with the request's Idempotency-Key, when it has one.
     fn wrap(&self, scope: &str, cmd: Command) -> ApiResult<Command> {
+        self.wrap_keeping(scope, Keep::Answer, cmd)
+    }
+
+    fn wrap_keeping(&self, scope: &str, keep: Keep, cmd: Command) -> ApiResult<Command> {
         Ok(match idem_key(self.headers)? {
             Some(key) => Command::Idempotent {
                 org: scope.into(),
                 key,
                 fingerprint: fingerprint(self.method, self.uri, self.body),
                 conflict: ErrorCode::IdempotencyKeyReused,
+                keep,
                 inner: Box::new(cmd),
             },
             None => cmd,
@@ -679,19 +684,30 @@ pub struct AuthorizeBody {
 }
 
 /// Queues a call-control command on the group-commit writer, with the request's
-/// Idempotency-Key and a call-id key that makes retries answer the first result.
-async fn call_command(app: &Arc<App>, org: &str, call_key: Option<String>, req: Req<'_>, cmd: Command) -> ApiResult {
+/// Idempotency-Key and a call-id key that makes retries answer the first decision.
+/// Both keep only final decisions, until the call ends (`Keep::CallDecision`): a
+/// refusal is decided again when asked again.
+async fn call_command(
+    app: &Arc<App>,
+    org: &str,
+    call_id: &str,
+    call_key: Option<String>,
+    req: Req<'_>,
+    cmd: Command,
+) -> ApiResult {
+    let keep = Keep::CallDecision { call_id: call_id.into() };
     let cmd = match call_key {
         Some(key) => Command::Idempotent {
             org: org.into(),
             key,
             fingerprint: fingerprint(req.method, req.uri, req.body),
             conflict: ErrorCode::DuplicateCallId,
+            keep: keep.clone(),
             inner: Box::new(cmd),
         },
         None => cmd,
     };
-    let cmd = req.wrap(org, cmd)?;
+    let cmd = req.wrap_keeping(org, keep, cmd)?;
     let result = app.calls.submit(cmd).await;
     if let Ok(Outcome::Authorized(v)) = &result {
         metrics::counter!("commcredits_authorize_decisions_total", "decision" => v.decision.clone(), "reason" => v.reason.clone().unwrap_or_default()).increment(1);
@@ -710,6 +726,7 @@ pub async fn authorize(State(app): AppState, Auth(p): Auth, m: Mutation) -> ApiR
     let r: AuthorizeBody = parse(&m.body)?;
     let org = r.org_id.clone();
     let key = format!("authorize:{}", r.call_id);
+    let call_id = r.call_id.clone();
     let cmd = Command::Authorize(AuthorizeRequest {
         org: r.org_id,
         call_id: r.call_id,
@@ -719,7 +736,7 @@ pub async fn authorize(State(app): AppState, Auth(p): Auth, m: Mutation) -> ApiR
         to: r.to,
         requested_seconds: r.requested_seconds,
     });
-    call_command(&app, &org, Some(key), m.req(), cmd).await
+    call_command(&app, &org, &call_id, Some(key), m.req(), cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -742,11 +759,11 @@ pub async fn update(State(app): AppState, Auth(p): Auth, Path(call_id): Path<Str
     let key = format!("update:{call_id}:{}:{}", r.used_seconds, r.requested_seconds);
     let cmd = Command::Update {
         org: r.org_id,
-        call_id,
+        call_id: call_id.clone(),
         used_seconds: r.used_seconds,
         requested_seconds: r.requested_seconds,
     };
-    call_command(&app, &org, Some(key), m.req(), cmd).await
+    call_command(&app, &org, &call_id, Some(key), m.req(), cmd).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -763,8 +780,8 @@ pub async fn end(State(app): AppState, Auth(p): Auth, Path(call_id): Path<String
     let r: EndBody = parse(&m.body)?;
     let org = r.org_id.clone();
     // A repeated end answers the first result by itself.
-    let cmd = Command::End { org: r.org_id, call_id, duration_seconds: r.duration_seconds };
-    call_command(&app, &org, None, m.req(), cmd).await
+    let cmd = Command::End { org: r.org_id, call_id: call_id.clone(), duration_seconds: r.duration_seconds };
+    call_command(&app, &org, &call_id, None, m.req(), cmd).await
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/cdrs", tag = "calls", params(("org" = String, Path)),
@@ -779,26 +796,50 @@ pub async fn import_cdrs(State(app): AppState, Auth(p): Auth, Path(org): Path<St
         // Platform keys name the organization in the path: check it exists.
         engine.org_view(&org)?;
         let now = Timestamp::now();
-        if let Some(k) = &key {
-            match engine
+        // The key is claimed for the time of the upload, on a lease renewed as batches
+        // are charged: after a crash the lease lapses and the same upload can be sent
+        // again. Each row is charged at most once (by call id), so redoing is safe.
+        let claim = match &key {
+            Some(k) => match engine
                 .apply_one(now, Command::ClaimAnswer { org: org.clone(), key: k.clone(), fingerprint: fp.clone() })
             {
-                Ok(Outcome::Count(_)) => {}
+                Ok(Outcome::Claimed { token }) => Some((k.clone(), token)),
                 other => return Ok(answer(&other)),
+            },
+            None => None,
+        };
+        let lease = std::time::Duration::from_secs(engine.config.claim_lease_seconds.max(0).unsigned_abs());
+        let mut renewed = std::time::Instant::now();
+        let mut renew = |_rows: usize| {
+            let Some((k, token)) = &claim else { return };
+            // Renewed when a quarter of the lease has gone: a batch is far shorter.
+            if renewed.elapsed() < lease / 4 {
+                return;
             }
-        }
-        // Each row is charged at most once (by call id), so the file can be sent again.
+            renewed = std::time::Instant::now();
+            let cmd = Command::RefreshClaim {
+                org: org.clone(),
+                key: k.clone(),
+                fingerprint: fp.clone(),
+                token: token.clone(),
+            };
+            if let Err(e) = engine.apply_one(Timestamp::now(), cmd) {
+                tracing::warn!("could not renew the claim on an upload's idempotency key: {e}");
+            }
+        };
         let result = engine
-            .import_cdrs(&org, &m.body[..], now, &mut |_| {})
+            .import_cdrs(&org, &m.body[..], now, &mut renew)
             .map(|r| serde_json::to_value(&r).unwrap_or_default());
         let (status, json) = match &result {
             Ok(v) => (200, v.clone()),
             Err(e) => (e.code.http_status(), problem(e)),
         };
-        if let Some(k) = key {
+        if let Some((k, token)) = claim {
+            // Count(0): the lease lapsed and another request took the key; its answer
+            // is the one kept.
             engine.apply_one(
                 Timestamp::now(),
-                Command::RememberAnswer { org, key: k, fingerprint: fp, status, body: json.clone() },
+                Command::RememberAnswer { org, key: k, fingerprint: fp, token, status, body: json.clone() },
             )?;
         }
         Ok(match result {

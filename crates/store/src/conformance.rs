@@ -464,12 +464,163 @@ pub fn api_keys_and_idempotency(open: Factory) {
         status: 201,
         body: "{}".into(),
         created_at: t("2026-01-01T00:00:00Z"),
+        expires_at: t("2026-01-02T00:00:00Z"),
+        call_id: None,
     };
     write(&*s, |tx| tx.put_idempotency(&i)).unwrap();
+    // A put replaces every field.
     i.body = "{\"id\":1}".into();
+    i.fingerprint = "g".into();
+    i.expires_at = t("2026-01-03T00:00:00Z");
+    i.call_id = Some("c1".into());
     write(&*s, |tx| tx.put_idempotency(&i)).unwrap();
     assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "abc")), Some(i.clone()));
     assert_eq!(read(&*s, |tx| tx.get_idempotency("o2", "abc")), None);
+    write(&*s, |tx| tx.delete_idempotency("o1", "abc")).unwrap();
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "abc")), None);
+}
+
+fn claim(key: &str, token: &str, at: &str, lease_until: &str) -> IdempotencyRow {
+    IdempotencyRow {
+        org_id: "o1".into(),
+        key: key.into(),
+        fingerprint: "f".into(),
+        status: 0,
+        body: token.into(),
+        created_at: t(at),
+        expires_at: t(lease_until),
+        call_id: None,
+    }
+}
+
+fn taken(s: &dyn Store, i: &IdempotencyRow, now: &str) -> bool {
+    let mut out = false;
+    write(s, |tx| {
+        out = tx.take_idempotency(i, t(now))?;
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// A key is taken by one request at a time: a live record (a claim within its lease,
+/// an answer within its time to live) stays; a lapsed one is replaced; only the holder
+/// of a claim can refresh it or answer.
+pub fn idempotency_claims_lapse_and_only_their_holder_answers(open: Factory) {
+    let s = open();
+    let first = claim("k", "token-1", "2026-01-01T00:00:00Z", "2026-01-01T00:02:00Z");
+    assert!(taken(&*s, &first, "2026-01-01T00:00:00Z"), "a new key is taken");
+    let second = claim("k", "token-2", "2026-01-01T00:01:00Z", "2026-01-01T00:03:00Z");
+    assert!(!taken(&*s, &second, "2026-01-01T00:01:00Z"), "a claim within its lease is not taken");
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "k")), Some(first.clone()));
+    // The holder refreshes its lease; another token cannot.
+    let mut refreshed = first.clone();
+    refreshed.expires_at = t("2026-01-01T00:04:00Z");
+    let replace = |i: &IdempotencyRow, token: &str| {
+        let mut out = false;
+        write(&*s, |tx| {
+            out = tx.replace_claim(i, token)?;
+            Ok(())
+        })
+        .unwrap();
+        out
+    };
+    assert!(!replace(&refreshed, "token-2"));
+    assert!(replace(&refreshed, "token-1"));
+    assert!(!taken(&*s, &second, "2026-01-01T00:03:00Z"), "the refreshed lease still holds");
+    // Once the lease lapses (at its instant), another request takes the key; the first
+    // holder can then neither refresh nor answer.
+    assert!(taken(&*s, &second, "2026-01-01T00:04:00Z"));
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "k")), Some(second.clone()));
+    let mut answer = second.clone();
+    answer.status = 200;
+    answer.body = "{\"rows\":3}".into();
+    answer.expires_at = t("2026-01-02T00:04:00Z");
+    assert!(!replace(&answer, "token-1"));
+    assert!(replace(&answer, "token-2"));
+    assert!(!replace(&answer, "token-2"), "an answered key is no claim any more");
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "k")), Some(answer.clone()));
+    // An answer within its time to live is not taken either; an expired one is.
+    let third = claim("k", "token-3", "2026-01-01T12:00:00Z", "2026-01-01T12:02:00Z");
+    assert!(!taken(&*s, &third, "2026-01-01T12:00:00Z"));
+    assert!(taken(&*s, &third, "2026-01-02T00:04:00Z"));
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "k")), Some(third));
+    // Another organization's key of the same name is its own.
+    let mut other = claim("k", "token-o2", "2026-01-01T00:00:00Z", "2026-01-01T00:02:00Z");
+    other.org_id = "o2".into();
+    assert!(taken(&*s, &other, "2026-01-01T00:00:00Z"));
+}
+
+/// Of writers racing for one lapsed claim, exactly one takes it.
+pub fn a_lapsed_claim_is_taken_once(open: Factory) {
+    let s: Arc<dyn Store> = Arc::from(open());
+    let stale = claim("k", "crashed", "2026-01-01T00:00:00Z", "2026-01-01T00:02:00Z");
+    assert!(taken(&*s, &stale, "2026-01-01T00:00:00Z"));
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|n| {
+            let (s, barrier) = (s.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mine = claim("k", &format!("token-{n}"), "2026-01-01T01:00:00Z", "2026-01-01T01:02:00Z");
+                barrier.wait();
+                taken(&*s, &mine, "2026-01-01T01:00:00Z")
+            })
+        })
+        .collect();
+    let winners: Vec<bool> = threads.into_iter().map(|th| th.join().unwrap()).filter(|w| *w).collect();
+    assert_eq!(winners.len(), 1, "one writer takes the lapsed claim");
+    let holder = read(&*s, |tx| tx.get_idempotency("o1", "k")).unwrap();
+    assert!(holder.body.starts_with("token-"), "{holder:?}");
+}
+
+/// Records end: with their call, or in bounded sweeps once expired.
+pub fn idempotency_records_end_with_their_call_or_expire(open: Factory) {
+    let s = open();
+    let mut rows = Vec::new();
+    for (key, call, expires) in [
+        ("authorize:c1", Some("c1"), "2026-01-02T00:00:00Z"),
+        ("update:c1:10:60", Some("c1"), "2026-01-02T00:00:00Z"),
+        ("authorize:c2", Some("c2"), "2026-01-02T00:00:00Z"),
+        ("a", None, "2026-01-01T01:00:00Z"),
+        ("b", None, "2026-01-01T02:00:00Z"),
+        ("c", None, "2026-01-01T03:00:00Z"),
+        ("d", None, "2026-01-05T00:00:00Z"),
+    ] {
+        let mut i = claim(key, "{}", "2026-01-01T00:00:00Z", expires);
+        i.status = 200;
+        i.call_id = call.map(String::from);
+        rows.push(i);
+    }
+    write(&*s, |tx| rows.iter().try_for_each(|i| tx.put_idempotency(i))).unwrap();
+    let mut n = 0;
+    write(&*s, |tx| {
+        n = tx.delete_call_idempotency("o1", "c1")?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "update:c1:10:60")), None);
+    assert!(read(&*s, |tx| tx.get_idempotency("o1", "authorize:c2")).is_some());
+    write(&*s, |tx| tx.delete_call_idempotency("o2", "c2").map(drop)).unwrap();
+    assert!(read(&*s, |tx| tx.get_idempotency("o1", "authorize:c2")).is_some(), "another organization's call");
+    // Sweeps are bounded and take the oldest expiry first.
+    let sweep = |now: &str, limit: usize| {
+        let mut n = 0;
+        write(&*s, |tx| {
+            n = tx.delete_expired_idempotency(t(now), limit)?;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!(sweep("2026-01-01T03:00:00Z", 2), 2);
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "a")), None);
+    assert_eq!(read(&*s, |tx| tx.get_idempotency("o1", "b")), None);
+    assert!(read(&*s, |tx| tx.get_idempotency("o1", "c")).is_some());
+    assert_eq!(sweep("2026-01-01T03:00:00Z", 2), 1, "expiring at the instant counts");
+    assert_eq!(sweep("2026-01-01T03:00:00Z", 2), 0);
+    assert_eq!(sweep("2026-01-03T00:00:00Z", 10), 1);
+    assert!(read(&*s, |tx| tx.get_idempotency("o1", "d")).is_some());
 }
 
 pub fn webhooks_and_deliveries(open: Factory) {
@@ -598,6 +749,9 @@ macro_rules! conformance_tests {
             reservations_cdrs_and_due_scans,
             rate_decks_replace,
             api_keys_and_idempotency,
+            idempotency_claims_lapse_and_only_their_holder_answers,
+            a_lapsed_claim_is_taken_once,
+            idempotency_records_end_with_their_call_or_expire,
             webhooks_and_deliveries,
             concurrent_writers_lose_nothing,
             reads_are_read_only

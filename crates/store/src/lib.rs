@@ -166,9 +166,25 @@ pub trait Tx {
     fn list_api_keys(&mut self, org_id: &str) -> Result<Vec<ApiKeyRow>>;
     /// Revokes a key; false when there is no such active key.
     fn revoke_api_key(&mut self, org_id: &str, key_id: &str, at: Timestamp) -> Result<bool>;
+    /// The record of a key, expired or not (the caller compares `expires_at`).
     fn get_idempotency(&mut self, org_id: &str, key: &str) -> Result<Option<IdempotencyRow>>;
-    /// Inserts, or replaces the answer of, an idempotency record.
+    /// Inserts, or replaces every field of, an idempotency record.
     fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()>;
+    /// Takes a key with the record `i` (usually a claim): inserts it, or replaces a
+    /// record of the key whose `expires_at` is at or before `now` (a lapsed claim, an
+    /// expired answer), in one conditional statement, so that of two writers racing for
+    /// a lapsed claim only one takes it. True when this call took the key.
+    fn take_idempotency(&mut self, i: &IdempotencyRow, now: Timestamp) -> Result<bool>;
+    /// Replaces the record of `i`'s key with `i` only while it is still the claim
+    /// `claim` (status 0 with that token as body): the holder refreshing its lease or
+    /// recording its answer. False when the claim is gone (lapsed and taken, or swept).
+    fn replace_claim(&mut self, i: &IdempotencyRow, claim: &str) -> Result<bool>;
+    fn delete_idempotency(&mut self, org_id: &str, key: &str) -> Result<()>;
+    /// Deletes the records of one call (call control's own keys): they end with the call.
+    fn delete_call_idempotency(&mut self, org_id: &str, call_id: &str) -> Result<usize>;
+    /// Deletes at most `limit` records whose `expires_at` is at or before `now`, oldest
+    /// expiry first; returns how many.
+    fn delete_expired_idempotency(&mut self, now: Timestamp, limit: usize) -> Result<usize>;
 
     // -- notice delivery --
     fn get_notice(&mut self, org_id: &str, notice_id: &str) -> Result<Option<NoticeRow>>;

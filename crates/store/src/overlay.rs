@@ -576,6 +576,11 @@ impl Tx for WriteBehind<'_> {
     through!(write revoke_api_key(org_id: &str, key_id: &str, at: Timestamp) -> bool);
     through!(read get_idempotency(org_id: &str, key: &str) -> Option<IdempotencyRow>);
     through!(write put_idempotency(i: &IdempotencyRow) -> ());
+    through!(write take_idempotency(i: &IdempotencyRow, now: Timestamp) -> bool);
+    through!(write replace_claim(i: &IdempotencyRow, claim: &str) -> bool);
+    through!(write delete_idempotency(org_id: &str, key: &str) -> ());
+    through!(write delete_call_idempotency(org_id: &str, call_id: &str) -> usize);
+    through!(write delete_expired_idempotency(now: Timestamp, limit: usize) -> usize);
 
     through!(read get_notice(org_id: &str, notice_id: &str) -> Option<NoticeRow>);
     through!(write set_notice_status(org_id: &str, notice_id: &str, status: &str) -> ());

@@ -52,6 +52,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // Numbered apart from SQLite's: SQLite's 5 clusters its calls table (a PostgreSQL
     // heap has no clustered order), so the same change is 6 there.
     (5, include_str!("../migrations/postgres/0005_reservations_pending.sql")),
+    (6, include_str!("../migrations/postgres/0006_idempotency_expiry.sql")),
 ];
 
 /// Connections per store, opened lazily. A PostgreSQL backend is a process: a few
@@ -2011,7 +2012,7 @@ impl Tx for PgTx<'_> {
     fn get_idempotency(&mut self, org_id: &str, key: &str) -> Result<Option<IdempotencyRow>> {
         self.one(
             "get idempotency",
-            "SELECT org_id, idem_key, fingerprint, status, body, created_at FROM idempotency \
+            "SELECT org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id FROM idempotency \
              WHERE org_id = $1 AND idem_key = $2",
             &[&org_id, &key],
             |r| {
@@ -2022,6 +2023,8 @@ impl Tx for PgTx<'_> {
                     status: get(r, 3)?,
                     body: get(r, 4)?,
                     created_at: time(r, 5)?,
+                    expires_at: time(r, 6)?,
+                    call_id: get(r, 7)?,
                 })
             },
         )
@@ -2030,12 +2033,92 @@ impl Tx for PgTx<'_> {
     fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()> {
         self.exec(
             "put idempotency",
-            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (org_id, idem_key) DO UPDATE SET status = excluded.status, body = excluded.body",
-            &[&i.org_id, &i.key, &i.fingerprint, &i.status, &i.body, &micros(i.created_at)],
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             call_id = excluded.call_id",
+            &[
+                &i.org_id,
+                &i.key,
+                &i.fingerprint,
+                &i.status,
+                &i.body,
+                &micros(i.created_at),
+                &micros(i.expires_at),
+                &i.call_id,
+            ],
         )
         .map(drop)
+    }
+
+    fn take_idempotency(&mut self, i: &IdempotencyRow, now: Timestamp) -> Result<bool> {
+        // Of two transactions racing for one lapsed claim, the second waits for the
+        // first's row lock and then finds the lease renewed (or fails to serialize and
+        // is retried, and then finds it): it takes nothing.
+        Ok(self.exec(
+            "take idempotency key",
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             call_id = excluded.call_id \
+             WHERE idempotency.expires_at <= $9",
+            &[
+                &i.org_id,
+                &i.key,
+                &i.fingerprint,
+                &i.status,
+                &i.body,
+                &micros(i.created_at),
+                &micros(i.expires_at),
+                &i.call_id,
+                &micros(now),
+            ],
+        )? == 1)
+    }
+
+    fn replace_claim(&mut self, i: &IdempotencyRow, claim: &str) -> Result<bool> {
+        Ok(self.exec(
+            "replace idempotency claim",
+            "UPDATE idempotency SET fingerprint = $3, status = $4, body = $5, created_at = $6, expires_at = $7, \
+             call_id = $8 WHERE org_id = $1 AND idem_key = $2 AND status = 0 AND body = $9",
+            &[
+                &i.org_id,
+                &i.key,
+                &i.fingerprint,
+                &i.status,
+                &i.body,
+                &micros(i.created_at),
+                &micros(i.expires_at),
+                &i.call_id,
+                &claim,
+            ],
+        )? == 1)
+    }
+
+    fn delete_idempotency(&mut self, org_id: &str, key: &str) -> Result<()> {
+        self.exec("delete idempotency", "DELETE FROM idempotency WHERE org_id = $1 AND idem_key = $2", &[&org_id, &key])
+            .map(drop)
+    }
+
+    fn delete_call_idempotency(&mut self, org_id: &str, call_id: &str) -> Result<usize> {
+        self.exec(
+            "delete call idempotency",
+            "DELETE FROM idempotency WHERE org_id = $1 AND call_id = $2",
+            &[&org_id, &call_id],
+        )
+        .map(|n| n as usize)
+    }
+
+    fn delete_expired_idempotency(&mut self, now: Timestamp, limit: usize) -> Result<usize> {
+        self.exec(
+            "delete expired idempotency",
+            "DELETE FROM idempotency WHERE (org_id, idem_key) IN \
+             (SELECT org_id, idem_key FROM idempotency WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)",
+            &[&micros(now), &(limit as i64)],
+        )
+        .map(|n| n as usize)
     }
 
     fn count_open_reservations_all(&mut self) -> Result<i64> {

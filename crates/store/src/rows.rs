@@ -282,9 +282,16 @@ pub struct IdempotencyRow {
     pub key: String,
     /// A hash of the request (method, path, body) the key was first used with.
     pub fingerprint: String,
+    /// The answer's HTTP status, or 0 for a claim: a request still being processed,
+    /// whose `body` is then the claim's token.
     pub status: i64,
     pub body: String,
     pub created_at: Timestamp,
+    /// When the record stops counting: an answer's time to live, a claim's lease.
+    /// From then on the key is free again and the record is swept away.
+    pub expires_at: Timestamp,
+    /// The call a call-control record belongs to: it is deleted when the call ends.
+    pub call_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_cdrs_time_order.sql")),
     (5, include_str!("../migrations/sqlite/0005_cdrs_clustered.sql")),
     (6, include_str!("../migrations/sqlite/0006_reservations_pending.sql")),
+    (7, include_str!("../migrations/sqlite/0007_idempotency_expiry.sql")),
 ];
 
 pub struct SqliteStore {
@@ -1293,7 +1294,8 @@ impl Tx for SqliteTx<'_> {
     fn get_idempotency(&mut self, org_id: &str, key: &str) -> Result<Option<IdempotencyRow>> {
         self.one(
             "get idempotency",
-            "SELECT org_id, idem_key, fingerprint, status, body, created_at FROM idempotency WHERE org_id = ?1 AND idem_key = ?2",
+            "SELECT org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id FROM idempotency \
+             WHERE org_id = ?1 AND idem_key = ?2",
             [org_id, key],
             |r| {
                 Ok(IdempotencyRow {
@@ -1303,6 +1305,8 @@ impl Tx for SqliteTx<'_> {
                     status: r.get(3)?,
                     body: r.get(4)?,
                     created_at: ts(r.get(5)?),
+                    expires_at: ts(r.get(6)?),
+                    call_id: r.get(7)?,
                 })
             },
         )
@@ -1311,11 +1315,78 @@ impl Tx for SqliteTx<'_> {
     fn put_idempotency(&mut self, i: &IdempotencyRow) -> Result<()> {
         self.exec(
             "put idempotency",
-            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (org_id, idem_key) DO UPDATE SET status = excluded.status, body = excluded.body",
-            params![i.org_id, i.key, i.fingerprint, i.status, i.body, micros(i.created_at)],
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             call_id = excluded.call_id",
+            params![i.org_id, i.key, i.fingerprint, i.status, i.body, micros(i.created_at), micros(i.expires_at), i.call_id],
         )
         .map(drop)
+    }
+
+    fn take_idempotency(&mut self, i: &IdempotencyRow, now: Timestamp) -> Result<bool> {
+        Ok(self.exec(
+            "take idempotency key",
+            "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at, expires_at, call_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (org_id, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             call_id = excluded.call_id \
+             WHERE idempotency.expires_at <= ?9",
+            params![
+                i.org_id,
+                i.key,
+                i.fingerprint,
+                i.status,
+                i.body,
+                micros(i.created_at),
+                micros(i.expires_at),
+                i.call_id,
+                micros(now)
+            ],
+        )? == 1)
+    }
+
+    fn replace_claim(&mut self, i: &IdempotencyRow, claim: &str) -> Result<bool> {
+        Ok(self.exec(
+            "replace idempotency claim",
+            "UPDATE idempotency SET fingerprint = ?3, status = ?4, body = ?5, created_at = ?6, expires_at = ?7, \
+             call_id = ?8 WHERE org_id = ?1 AND idem_key = ?2 AND status = 0 AND body = ?9",
+            params![
+                i.org_id,
+                i.key,
+                i.fingerprint,
+                i.status,
+                i.body,
+                micros(i.created_at),
+                micros(i.expires_at),
+                i.call_id,
+                claim
+            ],
+        )? == 1)
+    }
+
+    fn delete_idempotency(&mut self, org_id: &str, key: &str) -> Result<()> {
+        self.exec("delete idempotency", "DELETE FROM idempotency WHERE org_id = ?1 AND idem_key = ?2", [org_id, key])
+            .map(drop)
+    }
+
+    fn delete_call_idempotency(&mut self, org_id: &str, call_id: &str) -> Result<usize> {
+        self.exec(
+            "delete call idempotency",
+            "DELETE FROM idempotency WHERE org_id = ?1 AND call_id = ?2",
+            [org_id, call_id],
+        )
+    }
+
+    fn delete_expired_idempotency(&mut self, now: Timestamp, limit: usize) -> Result<usize> {
+        self.exec(
+            "delete expired idempotency",
+            "DELETE FROM idempotency WHERE rowid IN \
+             (SELECT rowid FROM idempotency WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+            params![micros(now), limit as i64],
+        )
     }
 
     fn count_open_reservations_all(&mut self) -> Result<i64> {
@@ -1568,6 +1639,56 @@ mod tests {
             .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.last().unwrap().0);
+    }
+
+    /// The migration that gives idempotency records an end gives the records kept
+    /// before it one too: a claim left by a crash lapses after the lease, an answer
+    /// after the time to live. The sweep and a call's end find records by index.
+    #[test]
+    fn records_kept_before_expiry_existed_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("before.db").to_string_lossy().into_owned();
+        let expiry = MIGRATIONS.iter().position(|(_, sql)| sql.contains("idempotency_expiry")).unwrap();
+        let created = micros("2026-03-01T10:00:00Z".parse().unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (version, sql) in &MIGRATIONS[..expiry] {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [version]).unwrap();
+            }
+            for (key, status) in [("crashed-upload", 0), ("answered", 201)] {
+                conn.execute(
+                    "INSERT INTO idempotency (org_id, idem_key, fingerprint, status, body, created_at) \
+                     VALUES ('o1', ?1, 'f', ?2, 'null', ?3)",
+                    params![key, status, created],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let mut rows = Vec::new();
+        store
+            .read(&mut |tx| {
+                rows = vec![tx.get_idempotency("o1", "crashed-upload")?, tx.get_idempotency("o1", "answered")?];
+                Ok(())
+            })
+            .unwrap();
+        let expires: Vec<i64> = rows.iter().map(|r| micros(r.as_ref().unwrap().expires_at)).collect();
+        assert_eq!(expires, vec![created + 120_000_000, created + 86_400_000_000]);
+        let conn = store.writer.lock().unwrap();
+        let plan = |sql: &str| -> String {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let sweep = plan("SELECT rowid FROM idempotency WHERE expires_at <= 5 ORDER BY expires_at LIMIT 10");
+        assert!(sweep.contains("idempotency_expiry"), "{sweep}");
+        let call = plan("DELETE FROM idempotency WHERE org_id = 'o1' AND call_id = 'c1'");
+        assert!(call.contains("idempotency_calls"), "{call}");
     }
 
     /// The lookups of calls in progress use the indexes of calls in progress (settled

@@ -506,6 +506,7 @@ fn once(admin: &Admin, form: &Form, cmd: Command) -> Command {
         key: key.to_string(),
         fingerprint: form.fingerprint(),
         conflict: ErrorCode::IdempotencyKeyReused,
+        keep: commcredits_engine::Keep::Answer,
         inner: Box::new(cmd),
     }
 }
