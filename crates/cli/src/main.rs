@@ -865,10 +865,15 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             let bar = output::progress(len, cli.json);
             let mut done_rows = 0;
-            let report = e.import_cdrs(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows)?;
+            // The rejects file gets each rejected row as its batch is done.
+            let mut rejects = rejects.as_deref().map(output::RejectsFile::create).transpose()?;
+            let report =
+                e.import_cdrs_with_rejects(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows, &mut |p| {
+                    rejects.as_mut().map_or(Ok(()), |r| r.write(p))
+                })?;
             bar.finish_and_clear();
-            if let Some(path) = rejects {
-                output::write_rejects(&path, &report.rejected)?;
+            if let Some(r) = rejects {
+                r.finish()?;
             }
             if report.charged == 0 && !report.rejected.is_empty() && report.duplicates == 0 {
                 // Nothing could be charged: one error, carrying the rows and why.
@@ -877,12 +882,12 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                     ErrorCode::InvalidCdr,
                     "no row of {} could be charged ({} rejected; line {}: {} {})",
                     file.display(),
-                    report.rejected.len(),
+                    report.rejected_total,
                     first.line,
                     first.code,
                     first.message
                 );
-                out.error_with(&e, "rejected", &report.rejected);
+                out.import_failed(&e, &report);
                 return Ok(ExitCode::from(1));
             }
             let currency = e.credits(&oid)?.currency;

@@ -54,3 +54,65 @@ fn on_postgres_a_value_the_database_refuses_fails_only_its_own_command() {
     drop(e);
     drop(db);
 }
+
+/// A file of bad rows lists only the first rejects (by line) and counts them all, and the
+/// caller that wants every reject gets each one, in line order, as its batch is done.
+#[test]
+fn an_import_of_many_bad_rows_lists_the_first_and_counts_them_all() {
+    use commcredits_engine::cdr::MAX_REPORTED_REJECTS;
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.purchase(&o.id, "50.00", &o.card, None, None, now).unwrap();
+    let mut csv = String::from("call_id,type,user,from,to,start_time,duration_seconds\n");
+    let bad_rows = 5_000;
+    for n in 0..bad_rows {
+        if n % 2 == 0 {
+            csv.push_str("x\n");
+        } else {
+            csv.push_str(&format!("b{n},outbound,{},+442079460000,+1,2026-11-01T10:00:00Z,60\n", o.bob));
+        }
+    }
+    csv.push_str(&format!("good,outbound,{},+442079460000,+14155550100,2026-11-01T10:00:00Z,60\n", o.bob));
+    let mut seen = Vec::new();
+    let report = e
+        .import_cdrs_with_rejects(&o.id, csv.as_bytes(), now, &mut |_| {}, &mut |p| {
+            seen.push(p.line);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.rows, bad_rows + 1);
+    assert_eq!(report.charged, 1);
+    assert_eq!(report.rejected_total, bad_rows);
+    assert_eq!(report.rejected.len(), MAX_REPORTED_REJECTS);
+    let lines: Vec<u64> = report.rejected.iter().map(|p| p.line).collect();
+    assert_eq!(lines, (2..2 + MAX_REPORTED_REJECTS as u64).collect::<Vec<_>>());
+    assert_eq!(report.rejected_by_code.get("invalid_cdr"), Some(&(bad_rows / 2)));
+    assert_eq!(report.rejected_by_code.get("invalid_phone_number"), Some(&(bad_rows / 2)));
+    assert_eq!(seen, (2..2 + bad_rows as u64).collect::<Vec<_>>(), "every reject once, in line order");
+}
+
+/// A field no id, number or type comes near, or one with a control character, is
+/// refused on its row (and not echoed), before anything reaches the store.
+#[test]
+fn an_import_refuses_overlong_fields_and_control_characters_per_row() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.purchase(&o.id, "50.00", &o.card, None, None, now).unwrap();
+    let long = "9".repeat(200_000);
+    let csv = format!(
+        "call_id,type,user,from,to,start_time,duration_seconds\n\
+         long,outbound,{bob},+442079460000,+{long},2026-11-01T10:00:00Z,60\n\
+         \"nul\0id\",outbound,{bob},+442079460000,+14155550100,2026-11-01T10:00:00Z,60\n\
+         good,outbound,{bob},+442079460000,+14155550100,2026-11-01T10:00:00Z,60\n",
+        bob = o.bob
+    );
+    let report = e.import_cdrs(&o.id, csv.as_bytes(), now, &mut |_| {}).unwrap();
+    assert_eq!(report.charged, 1, "{report:?}");
+    assert_eq!(report.rejected_total, 2);
+    for p in &report.rejected {
+        assert_eq!(p.code, "invalid_cdr", "{p:?}");
+        assert!(p.message.len() < 400, "the message does not echo the field: {} bytes", p.message.len());
+    }
+}
