@@ -1320,6 +1320,62 @@ fn usage_report_to_csv_excel_and_the_zip_bundle() {
     assert_eq!(bad, "invalid_input");
 }
 
+/// `report usage --from 2026-10-01 --to 2026-11-01` is October: a date is the start of
+/// its day in UTC, in every report verb.
+#[test]
+fn report_periods_take_calendar_dates() {
+    let db = Db::new();
+    let o = setup(&db);
+    add_funds(&db, &o.id, "50", &o.card);
+    let csv = format!(
+        "call_id,type,user,from,to,start_time,duration_seconds\n\
+         oct,outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-10-31T23:59:00Z,60\n\
+         nov,outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-11-01T00:00:00Z,60\n"
+    );
+    let file = db.file_str("cdrs.csv");
+    std::fs::write(&file, csv).unwrap();
+    assert_eq!(i(&db.ok(&["cdr", "import", "--org", &o.id, &file]), "charged"), 2);
+    let path = db.file_str("october.csv");
+    let args = ["report", "usage", "--org", &o.id, "--from", "2026-10-01", "--to", "2026-11-01", "--output", &path];
+    assert_eq!(i(&db.ok(&args), "rows"), 1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.lines().nth(1).unwrap().contains(",oct,"), "{text}");
+    let by_instants =
+        db.ok(&["report", "summary", "--org", &o.id, "--from", "2026-11-01T00:00:00Z", "--to", "2026-12-01T00:00:00Z"]);
+    let by_dates = db.ok(&["report", "summary", "--org", &o.id, "--from", "2026-11-01", "--to", "2026-12-01"]);
+    assert_eq!(by_dates, by_instants);
+    assert_eq!(
+        db.fail(&["report", "usage", "--org", &o.id, "--from", "2026-10-32", "--to", "2026-11-01", "--output", &path]),
+        "invalid_time"
+    );
+}
+
+/// Every rejected row goes to the --rejects file (as it comes); the answer lists the
+/// first ones and counts them all; the file's cells are safe for spreadsheets.
+#[test]
+fn cdr_import_rejects_file_holds_every_reject_and_the_answer_the_first() {
+    let db = Db::new();
+    let o = setup(&db);
+    let mut csv = String::from("call_id,type,user,from,to,start_time,duration_seconds\n");
+    for n in 0..1_500 {
+        csv.push_str(&format!("=cmd{n},outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-11-01T10:00:00Z,abc\n"));
+    }
+    let file = db.file_str("cdrs.csv");
+    std::fs::write(&file, csv).unwrap();
+    let rejects = db.file_str("rejects.csv");
+    let (code, v) = db.run(&["cdr", "import", "--org", &o.id, &file, "--rejects", &rejects]);
+    assert_eq!(code, 1, "nothing could be charged: {v}");
+    assert_eq!(s(&v, "code"), "invalid_cdr");
+    assert_eq!(arr(&v["rejected"]).len(), 1_000);
+    assert_eq!(i(&v, "rejected_total"), 1_500);
+    assert_eq!(v["rejected_by_code"]["invalid_cdr"], 1_500);
+    let text = std::fs::read_to_string(&rejects).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 1_500);
+    assert!(lines[1].starts_with("2,'=cmd0,invalid_cdr,"), "{}", lines[1]);
+    assert!(lines[1_500].starts_with("1501,'=cmd1499,"), "{}", lines[1_500]);
+}
+
 // ---------------------------------------------------------------------------
 // 8. CDR import
 // ---------------------------------------------------------------------------
