@@ -225,11 +225,10 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
         }
         // Rejected rows count towards a chunk too: a file of bad rows is handed over
         // (and reported) a batch at a time, never held whole.
-        if chunk.records.len() >= IMPORT_BATCH || chunk.rejected.len() >= IMPORT_BATCH || !more {
-            if out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err() {
-                // The charging side stopped (it failed): its error is the answer.
-                return Ok(());
-            }
+        let full = chunk.records.len() >= IMPORT_BATCH || chunk.rejected.len() >= IMPORT_BATCH;
+        if (full || !more) && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err() {
+            // The charging side stopped (it failed): its error is the answer.
+            return Ok(());
         }
         if !more {
             return Ok(());
