@@ -306,7 +306,13 @@ impl<S: Send + Sync> FromRequest<S> for Form {
             };
             error_page(&Error::new(code, "the form could not be read"), "/admin")
         })?;
-        Ok(Form { fields: form_urlencoded::parse(&body).into_owned().collect(), uri })
+        let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        // The API's text bounds hold for forms too: nothing over-long or with a control
+        // character reaches the engine (nor PostgreSQL, which refuses a NUL).
+        for (name, value) in &fields {
+            crate::error::check_text(name, value).map_err(|e| error_page(&e.0, "/admin"))?;
+        }
+        Ok(Form { fields, uri })
     }
 }
 
