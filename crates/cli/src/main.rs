@@ -204,10 +204,10 @@ enum Verb {
 struct Period {
     #[arg(long)]
     org: String,
-    /// Start of the period (RFC 3339, inclusive).
+    /// Start of the period, inclusive: RFC 3339, or a date (its start in UTC).
     #[arg(long)]
     from: String,
-    /// End of the period (RFC 3339, exclusive).
+    /// End of the period, exclusive: RFC 3339, or a date (its start in UTC).
     #[arg(long)]
     to: String,
 }
@@ -224,10 +224,10 @@ enum ReportVerb {
     Usage {
         #[arg(long)]
         org: String,
-        /// Start of the period (RFC 3339, inclusive).
+        /// Start of the period, inclusive: RFC 3339, or a date (its start in UTC).
         #[arg(long)]
         from: String,
-        /// End of the period (RFC 3339, exclusive).
+        /// End of the period, exclusive: RFC 3339, or a date (its start in UTC).
         #[arg(long)]
         to: String,
         /// csv, xlsx, or zip (the original product's bundle: the CSV and parameters.json).
@@ -605,6 +605,8 @@ fn main() -> ExitCode {
     }
 }
 
+use commcredits_core::period::parse_period_time;
+
 fn parse_time(what: &str, text: &str) -> Result<Timestamp> {
     text.parse().map_err(|_| {
         err!(ErrorCode::InvalidTime, "{what} '{text}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z")
@@ -865,10 +867,15 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             let bar = output::progress(len, cli.json);
             let mut done_rows = 0;
-            let report = e.import_cdrs(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows)?;
+            // The rejects file gets each rejected row as its batch is done.
+            let mut rejects = rejects.as_deref().map(output::RejectsFile::create).transpose()?;
+            let report =
+                e.import_cdrs_with_rejects(&oid, bar.wrap_read(f), now, &mut |rows| done_rows = rows, &mut |p| {
+                    rejects.as_mut().map_or(Ok(()), |r| r.write(p))
+                })?;
             bar.finish_and_clear();
-            if let Some(path) = rejects {
-                output::write_rejects(&path, &report.rejected)?;
+            if let Some(r) = rejects {
+                r.finish()?;
             }
             if report.charged == 0 && !report.rejected.is_empty() && report.duplicates == 0 {
                 // Nothing could be charged: one error, carrying the rows and why.
@@ -877,12 +884,12 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                     ErrorCode::InvalidCdr,
                     "no row of {} could be charged ({} rejected; line {}: {} {})",
                     file.display(),
-                    report.rejected.len(),
+                    report.rejected_total,
                     first.line,
                     first.code,
                     first.message
                 );
-                out.error_with(&e, "rejected", &report.rejected);
+                out.import_failed(&e, &report);
                 return Ok(ExitCode::from(1));
             }
             let currency = e.credits(&oid)?.currency;
@@ -904,17 +911,21 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         }
         Verb::Deliveries { org: o } => out.deliveries(&e.deliveries(&org(&o)?)?),
         Verb::Recommend { org: o } => out.recommendation(&e.recommend(&org(&o)?, now)?),
-        Verb::Report(ReportVerb::Summary(p)) => {
-            out.summary(&e.summary(&org(&p.org)?, parse_time("--from", &p.from)?, parse_time("--to", &p.to)?)?)
-        }
+        Verb::Report(ReportVerb::Summary(p)) => out.summary(&e.summary(
+            &org(&p.org)?,
+            parse_period_time("--from", &p.from)?,
+            parse_period_time("--to", &p.to)?,
+        )?),
         Verb::Report(ReportVerb::DialOut(p)) => out.any(&e.dial_out_by_organizer(
             &org(&p.org)?,
-            parse_time("--from", &p.from)?,
-            parse_time("--to", &p.to)?,
+            parse_period_time("--from", &p.from)?,
+            parse_period_time("--to", &p.to)?,
         )?),
-        Verb::Report(ReportVerb::Blocked(p)) => {
-            out.any(&e.blocked_users(&org(&p.org)?, parse_time("--from", &p.from)?, parse_time("--to", &p.to)?)?)
-        }
+        Verb::Report(ReportVerb::Blocked(p)) => out.any(&e.blocked_users(
+            &org(&p.org)?,
+            parse_period_time("--from", &p.from)?,
+            parse_period_time("--to", &p.to)?,
+        )?),
         Verb::Report(ReportVerb::Usage {
             org: o,
             from,
@@ -929,8 +940,8 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         }) => {
             let oid = org(&o)?;
             let filter = commcredits_engine::usage::UsageFilter {
-                from: Some(parse_time("--from", &from)?),
-                to: Some(parse_time("--to", &to)?),
+                from: Some(parse_period_time("--from", &from)?),
+                to: Some(parse_period_time("--to", &to)?),
                 user,
                 call_type,
                 funding,
@@ -1000,7 +1011,8 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The caller number `rate` assumes when none is given: the user's own number.
+/// The caller number `rate` assumes when none is given: the user's own number, or none
+/// (the user's usage location is enough to price an outbound or dial-out call).
 fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -> Result<String> {
     if call_type == "toll_free_inbound" {
         return Err(Error::new(
@@ -1012,7 +1024,7 @@ fn default_from(e: &Engine, org_id: &str, user: Option<&str>, call_type: &str) -
         Some(u) => e.user(org_id, u)?.phone_number,
         None => None,
     };
-    number.ok_or_else(|| Error::new(ErrorCode::InvalidInput, "give --from: the user has no phone number of their own"))
+    Ok(number.unwrap_or_default())
 }
 
 /// The delivery channels configured on the command line.

@@ -63,14 +63,30 @@ impl Out {
     }
 
     /// An error with a list of details (`--json`: one object holding both).
-    pub fn error_with<T: Serialize>(&self, e: &Error, field: &str, details: &[T]) {
+    /// An error carrying `details` in `field`, and the fields of `extra` (a JSON object).
+    pub fn error_with<T: Serialize>(&self, e: &Error, field: &str, details: &[T], extra: serde_json::Value) {
         if self.json {
             let mut v = serde_json::json!({"code": e.code.as_str(), "message": e.message});
             v[field] = serde_json::to_value(details).unwrap_or_default();
+            if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+                v.extend(extra);
+            }
             println!("{v}");
         } else {
             eprintln!("error[{}]: {}", e.code, e.message);
         }
+    }
+
+    /// An import of which no row could be charged: the error, with the report's first
+    /// rejected rows and its counts.
+    pub fn import_failed(&self, e: &Error, r: &ImportReport) {
+        let counts = serde_json::json!({"rejected_total": r.rejected_total, "rejected_by_code": r.rejected_by_code});
+        self.error_with(e, "rejected", &r.rejected, counts);
+        if self.json {
+            return;
+        }
+        let by_code: Vec<String> = r.rejected_by_code.iter().map(|(code, n)| format!("{n} {code}")).collect();
+        eprintln!("  rejected by reason: {}", by_code.join(", "));
     }
 
     pub fn org(&self, o: &OrgView) {
@@ -447,13 +463,14 @@ impl Out {
             r.charged,
             money(r.charge, currency),
             r.duplicates,
-            r.rejected.len()
+            r.rejected_total
         );
         for p in r.rejected.iter().take(20) {
             println!("  line {}: {} [{}] {}", p.line, p.call_id, p.code, p.message);
         }
-        if r.rejected.len() > 20 {
-            println!("  ... {} more (use --rejects FILE)", r.rejected.len() - 20);
+        if r.rejected_total > 20 {
+            let by_code: Vec<String> = r.rejected_by_code.iter().map(|(code, n)| format!("{n} {code}")).collect();
+            println!("  ... {} more (use --rejects FILE); by reason: {}", r.rejected_total - 20, by_code.join(", "));
         }
     }
 
@@ -679,17 +696,40 @@ pub fn progress(len: u64, json: bool) -> indicatif::ProgressBar {
     bar
 }
 
-pub fn write_rejects(path: &std::path::Path, rows: &[RowProblem]) -> commcredits_core::Result<()> {
-    let fail = |e: &dyn std::fmt::Display| {
-        commcredits_core::Error::new(
-            commcredits_core::ErrorCode::InvalidInput,
-            format!("cannot write {}: {e}", path.display()),
-        )
-    };
-    let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
-    w.write_record(["line", "call_id", "code", "message"]).map_err(|e| fail(&e))?;
-    for r in rows {
-        w.write_record([r.line.to_string().as_str(), &r.call_id, &r.code, &r.message]).map_err(|e| fail(&e))?;
+/// The `--rejects` CSV file, written a row at a time as the import rejects them (it may
+/// hold every rejected row of a file; memory holds none of them). Cells are made safe
+/// for spreadsheets like every CSV the product writes.
+pub struct RejectsFile {
+    path: std::path::PathBuf,
+    w: csv::Writer<std::fs::File>,
+}
+
+impl RejectsFile {
+    pub fn create(path: &std::path::Path) -> commcredits_core::Result<RejectsFile> {
+        let w = csv::Writer::from_path(path).map_err(|e| rejects_error(path, &e))?;
+        let mut f = RejectsFile { path: path.to_path_buf(), w };
+        f.w.write_record(["line", "call_id", "code", "message"]).map_err(|e| rejects_error(path, &e))?;
+        Ok(f)
     }
-    w.flush().map_err(|e| fail(&e))
+
+    pub fn write(&mut self, r: &RowProblem) -> commcredits_core::Result<()> {
+        use commcredits_engine::usage::spreadsheet_safe;
+        let line = r.line.to_string();
+        let cells = [line.as_str(), &r.call_id, &r.code, &r.message];
+        for cell in cells {
+            self.w.write_field(spreadsheet_safe(cell).as_bytes()).map_err(|e| rejects_error(&self.path, &e))?;
+        }
+        self.w.write_record(None::<&[u8]>).map_err(|e| rejects_error(&self.path, &e))
+    }
+
+    pub fn finish(mut self) -> commcredits_core::Result<()> {
+        self.w.flush().map_err(|e| rejects_error(&self.path, &e))
+    }
+}
+
+fn rejects_error(path: &std::path::Path, e: &dyn std::fmt::Display) -> commcredits_core::Error {
+    commcredits_core::Error::new(
+        commcredits_core::ErrorCode::InvalidInput,
+        format!("cannot write {}: {e}", path.display()),
+    )
 }

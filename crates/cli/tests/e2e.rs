@@ -783,8 +783,12 @@ fn rate_quotes_without_changing_anything() {
         db.fail(&["rate", "--org", &o.id, "--user", &o.bob, "--from", BOB_NUM, "--to", "12345"]),
         "invalid_phone_number"
     );
-    // Without --from, the user's own number is the caller; Bob has none.
-    assert_eq!(db.fail(&["rate", "--org", &o.id, "--user", &o.bob, "--to", US_NUM]), "invalid_input");
+    // Without --from, the user's own number is the caller; Bob has none, and his usage
+    // location prices the call all the same.
+    let q = db.ok(&["rate", "--org", &o.id, "--user", &o.bob, "--to", US_NUM]);
+    assert_eq!((s(&q, "decision"), s(&q, "rate_per_minute")), ("allow".into(), "0.0100".into()), "{q}");
+    // A toll-free call is priced by its caller: it needs --from.
+    assert_eq!(db.fail(&["rate", "--org", &o.id, "--type", "toll_free_inbound", "--to", TOLL_FREE]), "invalid_input");
     let after = (db.credits(&o.id), db.ok(&["pools", "--org", &o.id]), db.ledger(&o.id), db.notice_kinds(&o.id));
     assert_eq!(before, after);
     assert_eq!(arr(&db.ok(&["blocked", "--org", &o.id])).len(), 0);
@@ -793,6 +797,44 @@ fn rate_quotes_without_changing_anything() {
     assert_eq!(s(&a, "decision"), "allow");
     db.end(&o.id, "quote", 60);
     db.check(&o.id);
+}
+
+/// SPEC §3: `rate --org --user --to`, `--from` optional: a user without a number of
+/// their own is priced by their usage location, and the quote is the one with a caller
+/// number given.
+#[test]
+fn rate_prices_a_user_without_a_number_of_their_own() {
+    let db = Db::new();
+    let o = setup(&db);
+    add_funds(&db, &o.id, "50", &o.card);
+    for to in [US_NUM, UK_MOBILE] {
+        let without = db.ok(&["rate", "--org", &o.id, "--user", &o.bob, "--to", to]);
+        let with = db.ok(&["rate", "--org", &o.id, "--user", &o.bob, "--from", BOB_NUM, "--to", to]);
+        assert_eq!(s(&without, "decision"), "allow", "{without}");
+        for field in ["funding", "rate_per_minute", "currency", "connection_fee", "granted_seconds"] {
+            assert_eq!(without[field], with[field], "{field}: {without} vs {with}");
+        }
+    }
+    // A real call still names its caller.
+    assert_eq!(
+        db.fail(&[
+            "call",
+            "authorize",
+            "--org",
+            &o.id,
+            "--call-id",
+            "c1",
+            "--type",
+            "outbound",
+            "--user",
+            &o.bob,
+            "--from",
+            "",
+            "--to",
+            US_NUM
+        ]),
+        "invalid_phone_number"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1276,6 +1318,62 @@ fn usage_report_to_csv_excel_and_the_zip_bundle() {
         period[3],
     ]);
     assert_eq!(bad, "invalid_input");
+}
+
+/// `report usage --from 2026-10-01 --to 2026-11-01` is October: a date is the start of
+/// its day in UTC, in every report verb.
+#[test]
+fn report_periods_take_calendar_dates() {
+    let db = Db::new();
+    let o = setup(&db);
+    add_funds(&db, &o.id, "50", &o.card);
+    let csv = format!(
+        "call_id,type,user,from,to,start_time,duration_seconds\n\
+         oct,outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-10-31T23:59:00Z,60\n\
+         nov,outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-11-01T00:00:00Z,60\n"
+    );
+    let file = db.file_str("cdrs.csv");
+    std::fs::write(&file, csv).unwrap();
+    assert_eq!(i(&db.ok(&["cdr", "import", "--org", &o.id, &file]), "charged"), 2);
+    let path = db.file_str("october.csv");
+    let args = ["report", "usage", "--org", &o.id, "--from", "2026-10-01", "--to", "2026-11-01", "--output", &path];
+    assert_eq!(i(&db.ok(&args), "rows"), 1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.lines().nth(1).unwrap().contains(",oct,"), "{text}");
+    let by_instants =
+        db.ok(&["report", "summary", "--org", &o.id, "--from", "2026-11-01T00:00:00Z", "--to", "2026-12-01T00:00:00Z"]);
+    let by_dates = db.ok(&["report", "summary", "--org", &o.id, "--from", "2026-11-01", "--to", "2026-12-01"]);
+    assert_eq!(by_dates, by_instants);
+    assert_eq!(
+        db.fail(&["report", "usage", "--org", &o.id, "--from", "2026-10-32", "--to", "2026-11-01", "--output", &path]),
+        "invalid_time"
+    );
+}
+
+/// Every rejected row goes to the --rejects file (as it comes); the answer lists the
+/// first ones and counts them all; the file's cells are safe for spreadsheets.
+#[test]
+fn cdr_import_rejects_file_holds_every_reject_and_the_answer_the_first() {
+    let db = Db::new();
+    let o = setup(&db);
+    let mut csv = String::from("call_id,type,user,from,to,start_time,duration_seconds\n");
+    for n in 0..1_500 {
+        csv.push_str(&format!("=cmd{n},outbound,bob@contoso.com,{BOB_NUM},{US_NUM},2026-11-01T10:00:00Z,abc\n"));
+    }
+    let file = db.file_str("cdrs.csv");
+    std::fs::write(&file, csv).unwrap();
+    let rejects = db.file_str("rejects.csv");
+    let (code, v) = db.run(&["cdr", "import", "--org", &o.id, &file, "--rejects", &rejects]);
+    assert_eq!(code, 1, "nothing could be charged: {v}");
+    assert_eq!(s(&v, "code"), "invalid_cdr");
+    assert_eq!(arr(&v["rejected"]).len(), 1_000);
+    assert_eq!(i(&v, "rejected_total"), 1_500);
+    assert_eq!(v["rejected_by_code"]["invalid_cdr"], 1_500);
+    let text = std::fs::read_to_string(&rejects).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 1_500);
+    assert!(lines[1].starts_with("2,'=cmd0,invalid_cdr,"), "{}", lines[1]);
+    assert!(lines[1_500].starts_with("1501,'=cmd1499,"), "{}", lines[1_500]);
 }
 
 // ---------------------------------------------------------------------------

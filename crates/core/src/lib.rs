@@ -5,6 +5,7 @@ pub mod charging;
 pub mod error;
 pub mod funds;
 pub mod money;
+pub mod period;
 pub mod phone;
 pub mod pools;
 pub mod rating;

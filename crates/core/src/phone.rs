@@ -38,34 +38,64 @@ pub struct E164 {
     country: Option<Country>,
 }
 
+/// Characters of a phone number as given: E.164 has at most 15 digits after '+', and
+/// this leaves room for spaces, dashes, dots and parentheses between them. Longer text
+/// is refused before it is parsed, cached or echoed.
+pub const MAX_NUMBER_TEXT_CHARS: usize = 32;
+
 /// Numbers already validated: libphonenumber's validation (~20 µs for a new number)
 /// costs far more than a lookup, and call traffic repeats numbers. Shared by all
 /// threads, so a CDR import can validate a batch's numbers on one thread while it
-/// charges the previous batch on another. Bounded (a few MB); cleared when full.
-const PARSE_CACHE_LIMIT: usize = 65_536;
+/// charges the previous batch on another. Only valid numbers are kept (a failure is
+/// recomputed: keeping them would let anyone fill the cache with junk), keyed on text
+/// of at most [`MAX_NUMBER_TEXT_CHARS`], and the cache is bounded by bytes: cleared
+/// when full.
+const PARSE_CACHE_MAX_BYTES: usize = 8 * 1024 * 1024;
 
-type ParseCache = std::sync::RwLock<std::collections::HashMap<String, Result<E164>>>;
+/// What one entry costs beyond its key's and digits' bytes (two `String`s, the country,
+/// the map's slot), roughly: the bound need not be exact, only hold.
+const PARSE_CACHE_ENTRY_OVERHEAD_BYTES: usize = 96;
 
-fn parse_cache() -> &'static ParseCache {
-    static PARSED: std::sync::OnceLock<ParseCache> = std::sync::OnceLock::new();
+#[derive(Default)]
+struct ParseCache {
+    numbers: std::collections::HashMap<String, E164>,
+    bytes: usize,
+}
+
+fn parse_cache() -> &'static std::sync::RwLock<ParseCache> {
+    static PARSED: std::sync::OnceLock<std::sync::RwLock<ParseCache>> = std::sync::OnceLock::new();
     PARSED.get_or_init(Default::default)
 }
 
 impl E164 {
-    /// Parses and validates a number (memoized: the same text always gives the same
-    /// answer).
+    /// Parses and validates a number (valid ones are memoized: the same text always
+    /// gives the same answer).
     pub fn parse(text: &str) -> Result<E164> {
-        if let Some(hit) = parse_cache().read().ok().and_then(|c| c.get(text).cloned()) {
-            return hit;
+        if text.chars().count() > MAX_NUMBER_TEXT_CHARS {
+            return Err(err!(
+                ErrorCode::InvalidPhoneNumber,
+                "a phone number is at most {MAX_NUMBER_TEXT_CHARS} characters ('+' and up to 15 digits)"
+            ));
         }
-        let parsed = E164::parse_uncached(text);
+        if let Some(hit) = parse_cache().read().ok().and_then(|c| c.numbers.get(text).cloned()) {
+            return Ok(hit);
+        }
+        let parsed = E164::parse_uncached(text)?;
         if let Ok(mut c) = parse_cache().write() {
-            if c.len() >= PARSE_CACHE_LIMIT {
-                c.clear();
+            let cost = text.len() + parsed.digits.len() + PARSE_CACHE_ENTRY_OVERHEAD_BYTES;
+            if c.bytes + cost > PARSE_CACHE_MAX_BYTES {
+                *c = ParseCache::default();
             }
-            c.insert(text.to_string(), parsed.clone());
+            if c.numbers.insert(text.to_string(), parsed.clone()).is_none() {
+                c.bytes += cost;
+            }
         }
-        parsed
+        Ok(parsed)
+    }
+
+    /// Bytes the cache of valid numbers holds, as it counts them.
+    pub fn cache_bytes() -> usize {
+        parse_cache().read().map(|c| c.bytes).unwrap_or(0)
     }
 
     fn parse_uncached(text: &str) -> Result<E164> {
@@ -148,6 +178,25 @@ mod tests {
         }
         assert_eq!(Country::parse("us").unwrap().as_str(), "US");
         assert!(Country::parse("USA").is_err());
+    }
+
+    #[test]
+    fn overlong_text_is_refused_unparsed_and_failures_are_not_cached() {
+        let long = format!("+{}", "1".repeat(200_000));
+        let e = E164::parse(&long).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPhoneNumber);
+        assert!(e.message.len() < 200, "the number is not echoed: {}", e.message);
+        // Formatting characters within the bound are still accepted.
+        assert_eq!(E164::parse("+1 (415) 555-0100").unwrap().digits(), "14155550100");
+        for n in 0..1_000 {
+            // Within the length bound, but not numbers: never cached.
+            assert!(E164::parse(&format!("+1abc{n}")).is_err());
+        }
+        assert!(
+            parse_cache().read().unwrap().numbers.keys().all(|k| !k.starts_with("+1abc")),
+            "failures are not cached"
+        );
+        assert!(E164::cache_bytes() <= PARSE_CACHE_MAX_BYTES);
     }
 
     #[test]

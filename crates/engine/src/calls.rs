@@ -105,6 +105,7 @@ pub(crate) fn prepare(
     org: &OrgRow,
     req: &AuthorizeRequest,
     month: Month,
+    quote: bool,
 ) -> Result<std::result::Result<Priced, Denied>> {
     validate_call_id(&req.call_id)?;
     let call_type = CallType::parse(&req.call_type)?;
@@ -135,7 +136,14 @@ pub(crate) fn prepare(
             Err(e) => return Err(e),
         },
     };
-    let from = E164::parse(&req.from).map_err(|e| err!(e.code, "from: {}", e.message))?;
+    // A quote of an outbound or dial-out call may leave the caller number out: the
+    // user's usage location and the destination set the price. A call that is made
+    // always names its caller, and a toll-free call is priced by it.
+    let from = if quote && call_type != CallType::TollFreeInbound && req.from.trim().is_empty() {
+        None
+    } else {
+        Some(E164::parse(&req.from).map_err(|e| err!(e.code, "from: {}", e.message))?)
+    };
     let org_country = Country::parse(&org.country)?;
     let caller_country = match &user {
         Some(u) => Country::parse(&u.usage_location)?,
@@ -147,7 +155,7 @@ pub(crate) fn prepare(
     let mut priced = Priced {
         call_type,
         user: user.clone(),
-        from: from.to_string(),
+        from: from.as_ref().map(E164::to_string).unwrap_or_default(),
         to: dest.as_text(),
         emergency: false,
         route: None,
@@ -186,11 +194,14 @@ pub(crate) fn prepare(
         CallType::TollFreeInbound => commcredits_core::catalog::DeckKind::TollFree,
     };
     let deck = engine.deck(deck_kind, currency)?;
-    let rated = if call_type == CallType::TollFreeInbound { &from } else { &to };
+    let rated = match (call_type, &from) {
+        (CallType::TollFreeInbound, Some(caller)) => caller,
+        _ => &to,
+    };
     let Some(rate) = deck.lookup(rated.digits()).cloned() else {
         return Ok(Err((DenyReason::DestinationNotAllowed, user)));
     };
-    let route = match charging::route(engine.catalog(), call_type, cu.as_ref(), Some(&from), &to, rate.premium) {
+    let route = match charging::route(engine.catalog(), call_type, cu.as_ref(), from.as_ref(), &to, rate.premium) {
         Ok(r) => r,
         Err(reason) => return Ok(Err((reason, user))),
     };
@@ -284,7 +295,7 @@ pub fn quote(engine: &Engine, org_id: &str, req: &AuthorizeRequest, now: Timesta
             .map(|l| if l.expired || l.expires_at <= now { 0 } else { l.remaining_minor - l.reserved_minor })
             .sum();
         let requested = req.requested_seconds.unwrap_or(engine.config.default_requested_seconds);
-        match prepare(engine, tx, &org, req, Month::of(now))? {
+        match prepare(engine, tx, &org, req, Month::of(now), true)? {
             Err((reason, _)) => Ok(deny_view(None, req, currency, reason)),
             Ok(p) if p.emergency => Ok(allow_view(
                 &p,
@@ -359,7 +370,7 @@ pub(crate) fn authorize_at(
     let org = books.org.clone();
     let currency = books.currency;
     let requested = req.requested_seconds.unwrap_or(engine.config.default_requested_seconds).max(1);
-    let mut priced = match prepare(engine, tx, &org, req, month)? {
+    let mut priced = match prepare(engine, tx, &org, req, month, false)? {
         Ok(p) => p,
         Err((reason, user)) => {
             record_denial(tx, &mut books, req, user.as_ref(), reason, started, now, fx)?;

@@ -8,12 +8,26 @@ use commcredits_core::phone::E164;
 use commcredits_core::{err, Error, ErrorCode, Result, Timestamp};
 use commcredits_store::Tx;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::Read;
 
 pub const CDR_HEADER: [&str; 7] = ["call_id", "type", "user", "from", "to", "start_time", "duration_seconds"];
 
 /// Rows per transaction: one durable commit per batch.
 pub const IMPORT_BATCH: usize = 1_000;
+
+/// Rejected rows an [`ImportReport`] lists (the first ones, by line). A file of bad
+/// lines would otherwise make an answer, and the memory behind it, many times the
+/// size of the file; the counts cover every row, and a caller that wants them all
+/// (the CLI's `--rejects FILE`) receives each one as it comes.
+pub const MAX_REPORTED_REJECTS: usize = 1_000;
+
+/// Characters of a CDR field: longer is a broken row (no id, number or type is near it),
+/// and it is refused without being echoed.
+pub const MAX_CDR_FIELD_CHARS: usize = 256;
+
+/// Characters of a rejected row's message and call id as reported.
+const MAX_PROBLEM_CHARS: usize = 300;
 
 #[derive(Clone, Debug)]
 pub struct CdrRecord {
@@ -43,12 +57,55 @@ pub struct ImportReport {
     pub duplicates: usize,
     /// Total charged to credits by this import, minor units.
     pub charge: i64,
+    /// The first [`MAX_REPORTED_REJECTS`] rejected rows, by line.
     pub rejected: Vec<RowProblem>,
+    /// Every rejected row, listed or not.
+    pub rejected_total: usize,
+    /// Rejected rows per error code.
+    pub rejected_by_code: BTreeMap<String, usize>,
+}
+
+impl ImportReport {
+    /// Counts a rejected row, and lists it while the list has room.
+    fn reject(&mut self, problem: RowProblem) {
+        self.rejected_total += 1;
+        *self.rejected_by_code.entry(problem.code.clone()).or_default() += 1;
+        if self.rejected.len() < MAX_REPORTED_REJECTS {
+            self.rejected.push(problem);
+        }
+    }
+}
+
+/// `text` cut to at most `max` characters (marked with '…' when cut).
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
+impl RowProblem {
+    fn new(line: u64, call_id: &str, code: ErrorCode, message: &str) -> RowProblem {
+        RowProblem {
+            line,
+            call_id: clip(call_id, MAX_PROBLEM_CHARS),
+            code: code.as_str().into(),
+            message: clip(message, MAX_PROBLEM_CHARS),
+        }
+    }
 }
 
 fn parse_record(org: &str, rec: &csv::StringRecord, line: u64) -> Result<CdrRecord> {
     if rec.len() != CDR_HEADER.len() {
         return Err(err!(ErrorCode::InvalidCdr, "expected {} fields, found {}", CDR_HEADER.len(), rec.len()));
+    }
+    for (name, field) in CDR_HEADER.iter().zip(rec.iter()) {
+        if field.chars().count() > MAX_CDR_FIELD_CHARS {
+            return Err(err!(ErrorCode::InvalidCdr, "{name} is longer than {MAX_CDR_FIELD_CHARS} characters"));
+        }
+        if field.chars().any(char::is_control) {
+            return Err(err!(ErrorCode::InvalidCdr, "{name} holds a control character"));
+        }
     }
     let start_time: Timestamp = rec[5].parse().map_err(|_| {
         err!(ErrorCode::InvalidTime, "start_time '{}' is not an RFC 3339 time such as 2026-11-02T09:15:00Z", &rec[5])
@@ -110,6 +167,12 @@ struct Chunk {
     rejected: Vec<RowProblem>,
 }
 
+impl Chunk {
+    fn new() -> Chunk {
+        Chunk { rows: 0, records: Vec::with_capacity(IMPORT_BATCH), rejected: Vec::new() }
+    }
+}
+
 /// Batches read ahead of the charging thread.
 const READ_AHEAD: usize = 2;
 
@@ -127,7 +190,7 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
             got.join(",")
         ));
     }
-    let mut chunk = Chunk { rows: 0, records: Vec::with_capacity(IMPORT_BATCH), rejected: Vec::new() };
+    let mut chunk = Chunk::new();
     let mut record = csv::StringRecord::new();
     let mut line = 1u64;
     loop {
@@ -138,12 +201,12 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
                 // A broken row (bad quoting, invalid UTF-8) is reported and skipped.
                 line = e.position().map(|p| p.line()).unwrap_or(line + 1);
                 chunk.rows += 1;
-                chunk.rejected.push(RowProblem {
-                    line,
-                    call_id: String::new(),
-                    code: ErrorCode::InvalidCdr.as_str().into(),
-                    message: e.to_string(),
-                });
+                chunk.rejected.push(RowProblem::new(line, "", ErrorCode::InvalidCdr, &e.to_string()));
+                if chunk.rejected.len() >= IMPORT_BATCH
+                    && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err()
+                {
+                    return Ok(());
+                }
                 continue;
             }
         };
@@ -157,20 +220,15 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
                     let _ = E164::parse(&r.to);
                     chunk.records.push(r)
                 }
-                Err(e) => chunk.rejected.push(RowProblem {
-                    line,
-                    call_id: record.get(0).unwrap_or("").to_string(),
-                    code: e.code.as_str().into(),
-                    message: e.message,
-                }),
+                Err(e) => chunk.rejected.push(RowProblem::new(line, record.get(0).unwrap_or(""), e.code, &e.message)),
             }
         }
-        if chunk.records.len() >= IMPORT_BATCH || !more {
-            let next = Chunk { rows: 0, records: Vec::with_capacity(IMPORT_BATCH), rejected: Vec::new() };
-            if out.send(std::mem::replace(&mut chunk, next)).is_err() {
-                // The charging side stopped (it failed): its error is the answer.
-                return Ok(());
-            }
+        // Rejected rows count towards a chunk too: a file of bad rows is handed over
+        // (and reported) a batch at a time, never held whole.
+        let full = chunk.records.len() >= IMPORT_BATCH || chunk.rejected.len() >= IMPORT_BATCH;
+        if (full || !more) && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err() {
+            // The charging side stopped (it failed): its error is the answer.
+            return Ok(());
         }
         if !more {
             return Ok(());
@@ -192,6 +250,21 @@ impl Engine {
         now: Timestamp,
         progress: &mut dyn FnMut(usize),
     ) -> Result<ImportReport> {
+        self.import_cdrs_with_rejects(org_id, input, now, progress, &mut |_| Ok(()))
+    }
+
+    /// Like [`Engine::import_cdrs`], and hands every rejected row to `on_reject` in line
+    /// order as soon as its batch is done (the report lists only the first
+    /// [`MAX_REPORTED_REJECTS`]). An error of `on_reject` stops the import (rows
+    /// already committed stay charged; importing again skips them).
+    pub fn import_cdrs_with_rejects(
+        &self,
+        org_id: &str,
+        input: impl Read + Send,
+        now: Timestamp,
+        progress: &mut dyn FnMut(usize),
+        on_reject: &mut dyn FnMut(&RowProblem) -> Result<()>,
+    ) -> Result<ImportReport> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD);
             let reader = scope.spawn(move || read_cdrs(org_id, input, tx));
@@ -199,12 +272,25 @@ impl Engine {
             let mut charged = Ok(());
             for chunk in rx.iter() {
                 report.rows += chunk.rows;
-                report.rejected.extend(chunk.rejected);
+                let mut rejected = chunk.rejected;
                 if !chunk.records.is_empty() {
-                    charged = self.import_batch(chunk.records, now, &mut report);
+                    charged = self.import_batch(chunk.records, now, &mut report, &mut rejected);
                     if charged.is_err() {
                         break;
                     }
+                }
+                // A chunk's lines all come after the previous chunk's: sorting each
+                // chunk's rejects puts them all in line order.
+                rejected.sort_by_key(|p| p.line);
+                for p in rejected {
+                    charged = on_reject(&p);
+                    if charged.is_err() {
+                        break;
+                    }
+                    report.reject(p);
+                }
+                if charged.is_err() {
+                    break;
                 }
                 progress(report.rows);
             }
@@ -212,12 +298,17 @@ impl Engine {
             let read = reader.join().map_err(|_| err!(ErrorCode::Internal, "the CDR reader panicked"))?;
             charged?;
             read?;
-            report.rejected.sort_by_key(|p| p.line);
             Ok(report)
         })
     }
 
-    fn import_batch(&self, batch: Vec<CdrRecord>, now: Timestamp, report: &mut ImportReport) -> Result<()> {
+    fn import_batch(
+        &self,
+        batch: Vec<CdrRecord>,
+        now: Timestamp,
+        report: &mut ImportReport,
+        rejected: &mut Vec<RowProblem>,
+    ) -> Result<()> {
         let meta: Vec<(u64, String)> = batch.iter().map(|r| (r.line, r.call_id.clone())).collect();
         let results = self.apply_bulk(now, batch.into_iter().map(Command::ImportCdr).collect())?;
         for ((line, call_id), r) in meta.into_iter().zip(results) {
@@ -228,9 +319,7 @@ impl Engine {
                 }
                 Ok(Outcome::Duplicate { .. }) => report.duplicates += 1,
                 Ok(_) => {}
-                Err(e) => {
-                    report.rejected.push(RowProblem { line, call_id, code: e.code.as_str().into(), message: e.message })
-                }
+                Err(e) => rejected.push(RowProblem::new(line, &call_id, e.code, &e.message)),
             }
         }
         Ok(())

@@ -228,6 +228,33 @@ pub struct UsagePage {
 }
 
 /// A new export's id, as in `Calls.Export.<id>.zip`.
+/// A CSV cell as a spreadsheet will not run it: text that begins with `=`, `@`, a
+/// tab or a carriage return, or with `+` or `-` without being a plain number, gets a
+/// leading `'` (OWASP's advice against formula injection), so that a display name such
+/// as `=HYPERLINK(...)` is shown, not evaluated. Numbers stay as they are, E.164 numbers
+/// (`+14255550100`) and negative amounts included. Every CSV the product writes passes
+/// its cells through here.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = match cell.as_bytes().first() {
+        Some(b'=' | b'@' | b'\t' | b'\r') => true,
+        Some(b'+' | b'-') => !is_plain_number(&cell[1..]),
+        _ => false,
+    };
+    if risky {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// Digits, with at most one decimal point between digits: what follows a sign in a
+/// number a spreadsheet reads as a number and nothing else.
+fn is_plain_number(text: &str) -> bool {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && digits(fraction)
+}
+
 pub fn new_export_id() -> String {
     crate::new_id()
 }
@@ -405,6 +432,7 @@ impl Engine {
     }
 
     /// Writes the report as CSV (RFC 4180, UTF-8, header row); returns the rows written.
+    /// Every cell goes through [`spreadsheet_safe`].
     pub fn write_usage_csv(&self, org_id: &str, filter: &UsageFilter, out: &mut dyn Write) -> Result<usize> {
         let io = |e: csv::Error| err!(ErrorCode::Internal, "writing the report: {e}");
         let mut w = csv::WriterBuilder::new().from_writer(out);
@@ -426,7 +454,7 @@ impl Engine {
             {
                 f[i].push_str(itoa::Buffer::new().format(v));
             }
-            w.write_record([
+            let cells = [
                 c.usage_id.as_str(),
                 &c.call_id,
                 r.conference_id,
@@ -453,8 +481,11 @@ impl Engine {
                 &f[7],
                 c.rate_per_minute.as_deref().unwrap_or_default(),
                 &c.source,
-            ])
-            .map_err(io)
+            ];
+            for cell in cells {
+                w.write_field(spreadsheet_safe(cell).as_bytes()).map_err(io)?;
+            }
+            w.write_record(None::<&[u8]>).map_err(io)
         })?;
         w.flush().map_err(|e| err!(ErrorCode::Internal, "writing the report: {e}"))?;
         Ok(n)
@@ -602,6 +633,34 @@ impl Engine {
         ws.autofilter(0, 0, row.max(1), (USAGE_HEADER.len() - 1) as u16).map_err(x)?;
         wb.save(path).map_err(x)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod spreadsheet_safe_tests {
+    use super::spreadsheet_safe;
+
+    #[test]
+    fn formulas_are_quoted_and_numbers_kept() {
+        for (cell, want) in [
+            ("=HYPERLINK(\"http://x\",\"y\")", "'=HYPERLINK(\"http://x\",\"y\")"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("+", "'+"),
+            ("-", "'-"),
+            ("+1.", "'+1."),
+            ("+14255550100", "+14255550100"),
+            ("-12.50", "-12.50"),
+            ("+0.5", "+0.5"),
+            ("Ada Lovelace", "Ada Lovelace"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_safe(cell), want, "{cell:?}");
+        }
     }
 }
 

@@ -153,6 +153,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", axum::routing::get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(error::check_uri_text))
         .layer(middleware::from_fn(track))
         .with_state(app)
 }

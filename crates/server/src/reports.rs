@@ -57,9 +57,9 @@ impl std::io::Write for ChannelWriter {
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
-    /// Start of the period, RFC 3339, inclusive.
+    /// Start of the period, inclusive: RFC 3339, or a date such as 2026-11-01 (its start in UTC).
     pub from: String,
-    /// End of the period, RFC 3339, exclusive.
+    /// End of the period, exclusive: RFC 3339, or a date such as 2026-12-01 (its start in UTC).
     pub to: String,
     /// json (default), csv, xlsx, or zip (`Calls.Export.<id>.zip`: the CSV and parameters.json).
     pub format: Option<String>,
@@ -78,10 +78,9 @@ pub struct UsageQuery {
     pub limit: Option<usize>,
 }
 
+/// A period bound: an RFC 3339 instant, or a date (the start of that day in UTC).
 fn time(what: &str, text: &str) -> ApiResult<Timestamp> {
-    text.parse().map_err(|_| {
-        err(ErrorCode::InvalidTime, format!("{what} '{text}' is not an RFC 3339 time such as 2026-11-01T00:00:00Z"))
-    })
+    Ok(commcredits_core::period::parse_period_time(what, text)?)
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/reports/pstn-usage", tag = "reports", params(("org" = String, Path), UsageQuery),
@@ -201,9 +200,9 @@ fn file_response(body: Body, content_type: &'static str, filename: &str) -> Resp
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PeriodQuery {
-    /// Start of the period, RFC 3339, inclusive.
+    /// Start of the period, inclusive: RFC 3339, or a date such as 2026-11-01 (its start in UTC).
     pub from: String,
-    /// End of the period, RFC 3339, exclusive.
+    /// End of the period, exclusive: RFC 3339, or a date such as 2026-12-01 (its start in UTC).
     pub to: String,
 }
 

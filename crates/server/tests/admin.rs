@@ -524,6 +524,26 @@ async fn every_form_needs_the_session_token_and_the_api_role() {
 // ---------------------------------------------------------------- HTTP: sent twice, applied once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_field_with_a_control_character_or_over_its_bound_is_refused() {
+    let app = spawn_app().await;
+    let s = seed(&app);
+    let before = balance(&app, &s.org);
+    let (mut admin, page) = Browser::signed_in(&app, &s.admin).await;
+    let token = page.csrf();
+    let nul = format!("{}\u{0}", s.card);
+    admin
+        .post("/admin/billing/funds", &[("csrf", &token), ("amount", "50.00"), ("payment_method_id", &nul)])
+        .await
+        .has_code(422, "invalid_input");
+    let long = "u".repeat(200);
+    admin
+        .post("/admin/users/assign", &[("csrf", &token), ("sku", "communications_credits"), ("user_ids", &long)])
+        .await
+        .has_code(422, "invalid_input");
+    assert_eq!(balance(&app, &s.org), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_sent_twice_is_applied_once_and_answered_alike() {
     let app = spawn_app().await;
     let s = seed(&app);

@@ -101,6 +101,21 @@ fn is_conflict(err: &::postgres::Error) -> bool {
     matches!(err.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
 }
 
+/// Class 22 (data exception: a NUL or invalid byte in text, a number out of range, a
+/// string too long): PostgreSQL refused a value one command sent, and nothing else is
+/// wrong with the connection or the transaction beyond that command's savepoint.
+fn is_data_error(err: &::postgres::Error) -> bool {
+    err.code().is_some_and(|c| c.code().starts_with("22"))
+}
+
+/// The server's own words for a data error, without the value (which may be long).
+fn data_error_message(err: &::postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
 /// The store's error for a database error. The client's own message is only its kind
 /// ("db error"): the server's message, detail and SQLSTATE are in the error's sources.
 fn pg_error(context: &str, err: &::postgres::Error) -> Error {
@@ -489,7 +504,15 @@ impl<'c> PgTx<'c> {
     /// Wraps a database error with the store's code and remembers what it means for the
     /// transaction (retry, lost connection, aborted).
     fn fail(&mut self, context: &str, err: ::postgres::Error) -> Error {
-        let error = pg_error(context, &err);
+        let mut error = pg_error(context, &err);
+        if is_data_error(&err) {
+            // The value of one command, not the store, is at fault: the engine rolls that
+            // command back to its savepoint and answers it alone; the batch goes on.
+            error = Error::new(
+                ErrorCode::InvalidInput,
+                format!("a value of the request cannot be stored ({context}: {})", data_error_message(&err)),
+            );
+        }
         if is_conflict(&err) && self.conflict.is_none() {
             self.conflict = Some(error.message.clone());
         }

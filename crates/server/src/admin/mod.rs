@@ -306,7 +306,13 @@ impl<S: Send + Sync> FromRequest<S> for Form {
             };
             error_page(&Error::new(code, "the form could not be read"), "/admin")
         })?;
-        Ok(Form { fields: form_urlencoded::parse(&body).into_owned().collect(), uri })
+        let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        // The API's text bounds hold for forms too: nothing over-long or with a control
+        // character reaches the engine (nor PostgreSQL, which refuses a NUL).
+        for (name, value) in &fields {
+            crate::error::check_text(name, value).map_err(|e| error_page(&e.0, "/admin"))?;
+        }
+        Ok(Form { fields, uri })
     }
 }
 
@@ -1214,10 +1220,17 @@ fn usage_filters(
         ("country".to_string(), form.country.clone()),
     ]);
     let mut state = FormState::new("usage", values);
-    let from = pages::date_start("from", &form.from).map_err(|e| state.errors.insert("from".into(), field_error(&e)));
-    // The form's "to" is inclusive: the period ends when the next day starts.
-    let to = pages::date_start("to", &form.to)
+    // Dates (the start of their UTC day) or RFC 3339 instants, as in the API and CLI.
+    let from = commcredits_core::period::parse_period_time("from", &form.from)
+        .map_err(|e| state.errors.insert("from".into(), field_error(&e)));
+    // The form's "to" date is inclusive: the period ends when the next day starts. An
+    // instant is the end itself.
+    let to_is_date = commcredits_core::period::is_date(&form.to);
+    let to = commcredits_core::period::parse_period_time("to", &form.to)
         .and_then(|t| {
+            if !to_is_date {
+                return Ok(t);
+            }
             t.checked_add(jiff::SignedDuration::from_hours(24))
                 .map_err(|e| Error::new(ErrorCode::InvalidTime, e.to_string()))
         })
@@ -1414,5 +1427,19 @@ mod tests {
         assert!(usage_filters(&long, now, None).1.is_ok());
         let year = UsageParams { from: "2025-11-17".into(), to: "2026-11-17".into(), ..UsageParams::default() };
         assert!(usage_filters(&year, now, Some(USAGE_PAGE_MAX_DAYS)).1.is_ok());
+    }
+
+    #[test]
+    fn usage_filters_take_instants_as_well_as_dates() {
+        let now: Timestamp = "2026-11-17T10:00:00Z".parse().unwrap();
+        let p = UsageParams {
+            from: "2026-11-02T09:00:00Z".into(),
+            to: "2026-11-03T09:30:00+01:00".into(),
+            ..UsageParams::default()
+        };
+        let f = usage_filters(&p, now, Some(USAGE_PAGE_MAX_DAYS)).1.unwrap_or_else(|_| panic!("instants are valid"));
+        assert_eq!(f.from, Some("2026-11-02T09:00:00Z".parse().unwrap()));
+        // An instant ends the period itself; only a date "to" takes in its whole day.
+        assert_eq!(f.to, Some("2026-11-03T08:30:00Z".parse().unwrap()));
     }
 }
