@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_cdrs_time_order.sql")),
     (5, include_str!("../migrations/sqlite/0005_cdrs_clustered.sql")),
     (6, include_str!("../migrations/sqlite/0006_reservations_pending.sql")),
+    (7, include_str!("../migrations/sqlite/0007_notices_pending.sql")),
 ];
 
 pub struct SqliteStore {
