@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// A trusted proxy's network (`--trusted-proxy`).
+pub use ipnet::IpNet;
+
 /// The server's limits and timeouts.
 #[derive(Clone, Debug)]
 pub struct Limits {
