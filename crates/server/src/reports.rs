@@ -116,7 +116,8 @@ fn time(what: &str, text: &str) -> ApiResult<Timestamp> {
 #[utoipa::path(get, path = "/v1/orgs/{org}/reports/pstn-usage", tag = "reports", params(("org" = String, Path), UsageQuery),
     responses(
         (status = 200, description = "JSON page, or a CSV (text/csv) or Excel file", body = UsagePage),
-        (status = "4XX", body = Problem)),
+        (status = "4XX", body = Problem),
+        (status = 503, description = "overloaded: as many reports run as the server allows (Retry-After)", body = Problem)),
     security(("api_key" = [])))]
 pub async fn pstn_usage(
     State(app): State<Arc<App>>,
@@ -281,7 +282,8 @@ async fn period_report<T: serde::Serialize + Send + 'static>(
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/reports/summary", tag = "reports", params(("org" = String, Path), PeriodQuery),
-    responses((status = 200, body = commcredits_engine::summary::SummaryView), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, body = commcredits_engine::summary::SummaryView), (status = "4XX", body = Problem),
+        (status = 503, description = "overloaded: as many reports run as the server allows (Retry-After)", body = Problem)), security(("api_key" = [])))]
 pub async fn summary(
     State(app): State<Arc<App>>,
     Auth(p): Auth,
@@ -293,7 +295,8 @@ pub async fn summary(
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/reports/blocked-users", tag = "reports", params(("org" = String, Path), PeriodQuery),
-    responses((status = 200, body = Vec<commcredits_engine::summary::BlockedUserView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, body = Vec<commcredits_engine::summary::BlockedUserView>), (status = "4XX", body = Problem),
+        (status = 503, description = "overloaded: as many reports run as the server allows (Retry-After)", body = Problem)), security(("api_key" = [])))]
 pub async fn blocked_users(
     State(app): State<Arc<App>>,
     Auth(p): Auth,
@@ -305,7 +308,8 @@ pub async fn blocked_users(
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/reports/dial-out", tag = "reports", params(("org" = String, Path), PeriodQuery),
-    responses((status = 200, body = Vec<commcredits_engine::summary::OrganizerDialOutView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, body = Vec<commcredits_engine::summary::OrganizerDialOutView>), (status = "4XX", body = Problem),
+        (status = 503, description = "overloaded: as many reports run as the server allows (Retry-After)", body = Problem)), security(("api_key" = [])))]
 pub async fn dial_out(
     State(app): State<Arc<App>>,
     Auth(p): Auth,
@@ -317,7 +321,8 @@ pub async fn dial_out(
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/credits/recommendation", tag = "reports", params(("org" = String, Path)),
-    responses((status = 200, body = commcredits_engine::summary::Recommendation), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, body = commcredits_engine::summary::Recommendation), (status = "4XX", body = Problem),
+        (status = 503, description = "overloaded: as many reports run as the server allows (Retry-After)", body = Problem)), security(("api_key" = [])))]
 pub async fn recommendation(State(app): State<Arc<App>>, Auth(p): Auth, Path(org): Path<String>) -> ApiResult {
     check_org(&p, &org, Need::Read)?;
     let engine = app.engine.clone();
