@@ -80,7 +80,7 @@ pub struct App {
     /// SHA-256 of the `/metrics` token, when one is required.
     pub metrics_token_sha256: Option<Vec<u8>>,
     /// The last counts behind the gauges, and when they were taken.
-    gauges: std::sync::Mutex<Option<(Instant, (i64, i64, i64))>>,
+    gauges: std::sync::Mutex<Option<(Instant, Gauges)>>,
 }
 
 #[derive(OpenApi)]
@@ -194,6 +194,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         _ => error::err(ErrorCode::StoreError, "the database does not answer").into_response(),
     }
 }
+
+/// Open reservations, pending notices, failed deliveries.
+type Gauges = (i64, i64, i64);
 
 /// How old the counts behind the gauges may be: scrapes more frequent than this, from
 /// any number of scrapers, cost the database nothing.

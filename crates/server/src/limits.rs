@@ -66,7 +66,7 @@ pub const RETRY_AFTER_SECONDS: u64 = 5;
 pub struct ReportSlots {
     all: Arc<Semaphore>,
     max_per_key: usize,
-    per_key: Arc<Mutex<HashMap<String, usize>>>,
+    per_key: PerKey,
 }
 
 /// A running report's slots, given back when the job ends (its thread returns).
@@ -75,8 +75,11 @@ pub struct ReportPermit {
     _key: KeySlot,
 }
 
+/// Exports running per key.
+type PerKey = Arc<Mutex<HashMap<String, usize>>>;
+
 /// One of a key's export slots (or none): given back when dropped.
-struct KeySlot(Option<(String, Arc<Mutex<HashMap<String, usize>>>)>);
+struct KeySlot(Option<(String, PerKey)>);
 
 impl Drop for KeySlot {
     fn drop(&mut self) {

@@ -1292,11 +1292,16 @@ async fn usage(
     let (engine, org) = (app.engine.clone(), admin.org.clone());
     let cursor = Some(p.cursor.trim().to_string()).filter(|c| !c.is_empty());
     let f = form.clone();
-    let built = blocking(move || {
-        let org_view = engine.org_view(&org)?;
-        Ok((org_view, pages::usage(&engine, &org, &f, &filter, cursor.as_deref())))
-    })
-    .await;
+    // The page scans the period (totals, chart): report work, on a report thread.
+    let built = match app.reports.acquire(None) {
+        Ok(permit) => crate::limits::ReportSlots::run(permit, move || {
+            let org_view = engine.org_view(&org)?;
+            Ok((org_view, pages::usage(&engine, &org, &f, &filter, cursor.as_deref())))
+        })
+        .await
+        .map_err(|e| e.0),
+        Err(e) => Err(e.0),
+    };
     match built {
         Ok((org_view, Ok(page))) => page_response(
             &admin,
