@@ -287,10 +287,11 @@ async fn connections_past_the_bound_are_refused_and_call_control_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn never_reading_export_clients_do_not_stop_call_control() {
-    let s = start(ServerOptions::default(), 3_000).await;
+    let s = start(ServerOptions::default(), 4_000).await;
     let keys: Vec<String> = (0..4).map(|_| s.key("reader")).collect();
     let mut clients = Vec::new();
-    for i in 0..300 {
+    // More than tokio's blocking pool has threads (512).
+    for i in 0..600 {
         clients.push(s.export_and_never_read(&keys[i % keys.len()]).await);
     }
     // Let the server take them all in.
