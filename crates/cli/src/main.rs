@@ -71,6 +71,67 @@ struct Cli {
     command: Verb,
 }
 
+/// What keeps outside requests from stopping call control (README "Limits and timeouts").
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Connections open at once; one more is answered 503 overloaded and closed.
+    #[arg(long, env = "COMMCREDITS_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's whole header (and an idle keep-alive
+    /// connection waits for its next request).
+    #[arg(long, env = "COMMCREDITS_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client may go without sending any of a request body.
+    #[arg(long, env = "COMMCREDITS_BODY_TIMEOUT", default_value_t = 30)]
+    body_timeout: u64,
+    /// Seconds from a request's header to its answer's header (a streamed export's
+    /// length is not limited, only its pace: --send-timeout).
+    #[arg(long, env = "COMMCREDITS_REQUEST_TIMEOUT", default_value_t = 300)]
+    request_timeout: u64,
+    /// Seconds a client may go without accepting any byte of an answer; then it is
+    /// dropped and an export it was reading stops.
+    #[arg(long, env = "COMMCREDITS_SEND_TIMEOUT", default_value_t = 30)]
+    send_timeout: u64,
+    /// Report work (exports, report pages, summaries) running at once; past it 503 overloaded.
+    #[arg(long, env = "COMMCREDITS_MAX_REPORTS", default_value_t = 8)]
+    max_reports: usize,
+    /// File exports one key may run at once; past it 429 rate_limited.
+    #[arg(long, env = "COMMCREDITS_MAX_EXPORTS_PER_KEY", default_value_t = 2)]
+    max_exports_per_key: usize,
+    /// A proxy (CIDR, or one address) whose X-Forwarded-For names the client for the
+    /// failed-authentication limiter; repeatable, or comma-separated in the variable.
+    #[arg(long = "trusted-proxy", env = "COMMCREDITS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    trusted_proxies: Vec<commcredits_server::limits::IpNet>,
+    /// Requires `Authorization: Bearer TOKEN` on /metrics (open without it).
+    #[arg(long, env = "COMMCREDITS_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+}
+
+fn parse_proxy(text: &str) -> std::result::Result<commcredits_server::limits::IpNet, String> {
+    let text = text.trim();
+    text.parse::<commcredits_server::limits::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(commcredits_server::limits::IpNet::from))
+        .map_err(|_| format!("'{text}' is not an address or a CIDR block such as 10.0.0.0/8"))
+}
+
+impl LimitArgs {
+    /// The server's limits; a zero count or time is taken as the smallest sensible one.
+    fn apply(&self, options: &mut commcredits_server::ServerOptions) {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        options.limits = commcredits_server::limits::Limits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: secs(self.header_timeout),
+            body_read_timeout: secs(self.body_timeout),
+            request_timeout: secs(self.request_timeout),
+            send_timeout: secs(self.send_timeout),
+            max_reports: self.max_reports.max(1),
+            max_exports_per_key: self.max_exports_per_key.max(1),
+        };
+        options.trusted_proxies = self.trusted_proxies.clone();
+        options.metrics_token = self.metrics_token.clone().filter(|t| !t.is_empty());
+    }
+}
+
 #[derive(Subcommand)]
 enum Verb {
     /// Run the HTTP API and the background jobs.
@@ -92,6 +153,8 @@ enum Verb {
         /// it; without it each start picks a random one (signing everyone out).
         #[arg(long, env = "COMMCREDITS_SESSION_SECRET", hide_env_values = true)]
         session_secret: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Organizations.
     #[command(subcommand)]
@@ -631,10 +694,10 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Some(t) => parse_time("--now", t)?,
         None => Timestamp::now(),
     };
-    if let Verb::Serve { listen, demo, jobs_every, reservation_grace, session_secret } = &cli.command {
+    if let Verb::Serve { listen, demo, jobs_every, reservation_grace, session_secret, limits } = &cli.command {
         let channels = delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url)?;
         let secret = session_secret.as_deref();
-        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, secret, channels, now);
+        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, secret, limits, channels, now);
     }
     if matches!(cli.command, Verb::Demo) {
         let engine = Engine::open(&cli.db)?;
@@ -1047,6 +1110,7 @@ fn serve(
     jobs_every: u64,
     grace_seconds: i64,
     session_secret: Option<&str>,
+    limits: &LimitArgs,
     channels: commcredits_engine::delivery::Delivery,
     now: Timestamp,
 ) -> Result<ExitCode> {
@@ -1103,16 +1167,14 @@ fn serve(
         }
     }
     println!("Listening on http://{addr} (API under /v1, OpenAPI at /openapi.json, admin center at /admin)");
+    let mut options = commcredits_server::ServerOptions {
+        jobs_every: std::time::Duration::from_secs(jobs_every.max(1)),
+        session_secret: session_secret.map(str::to_string),
+        ..commcredits_server::ServerOptions::default()
+    };
+    limits.apply(&mut options);
     runtime
-        .block_on(commcredits_server::serve(
-            engine,
-            listener,
-            channels,
-            commcredits_server::ServerOptions {
-                jobs_every: std::time::Duration::from_secs(jobs_every.max(1)),
-                session_secret: session_secret.map(str::to_string),
-            },
-        ))
+        .block_on(commcredits_server::serve(engine, listener, channels, options))
         .map_err(|e| err!(ErrorCode::Internal, "server failed: {e}"))?;
     eprintln!("Stopped.");
     Ok(ExitCode::SUCCESS)

@@ -363,7 +363,7 @@ impl Engine {
         let store = self.store();
         let mut n = 0;
         read_ahead(
-            |lend| store.read(&mut |tx| tx.for_each_cdr(org_id, from, to, &mut |c| lend(c))),
+            |lend| store.read_report(&mut |tx| tx.for_each_cdr(org_id, from, to, &mut |c| lend(c))),
             wanted,
             &mut |c| {
                 let row = self.usage_ref(&ctx, c);

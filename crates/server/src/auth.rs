@@ -4,45 +4,109 @@ use crate::error::{err, ApiError};
 use crate::App;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use commcredits_core::ErrorCode;
 use commcredits_engine::keys::{Principal, Role};
-use std::collections::HashMap;
+use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Failed authentications allowed per client address per window.
+/// Failed authentications allowed per client address per window; further failures
+/// from that address are refused until the window ends. A valid key always passes.
 pub const MAX_FAILURES: u32 = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses the limiter remembers: past this, the one that failed least
+/// recently is forgotten, so a flood of spoofed or rotating addresses costs bounded memory.
+pub const FAILURE_ADDRESSES: usize = 65_536;
 
-/// Counts failed authentications per client address; bounded in size.
-#[derive(Default)]
+/// Counts failed authentications per client address, in bounded memory. It is asked
+/// only after a key was checked and found wrong: a caller with a valid key is never
+/// refused because others (behind the same proxy, or a fuzzer) failed from its address.
 pub struct FailureLimiter {
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    seen: Mutex<lru::LruCache<IpAddr, (Instant, u32)>>,
+}
+
+impl Default for FailureLimiter {
+    fn default() -> FailureLimiter {
+        FailureLimiter::with_capacity(FAILURE_ADDRESSES)
+    }
 }
 
 impl FailureLimiter {
-    pub(crate) fn blocked(&self, ip: IpAddr) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&ip).is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+    pub fn with_capacity(addresses: usize) -> FailureLimiter {
+        let cap = NonZeroUsize::new(addresses).unwrap_or(NonZeroUsize::MIN);
+        FailureLimiter { seen: Mutex::new(lru::LruCache::new(cap)) }
     }
 
-    pub(crate) fn fail(&self, ip: IpAddr) {
+    /// Records a failed attempt from `ip`; true when the address has used up its
+    /// failures for the window (the attempt is then answered `rate_limited`).
+    pub fn fail(&self, ip: IpAddr) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 100_000 {
-            seen.retain(|_, (start, _)| start.elapsed() < FAILURE_WINDOW);
+        let entry = seen.get_or_insert_mut(ip, || (Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
         }
-        let e = seen.entry(ip).or_insert((Instant::now(), 0));
-        if e.0.elapsed() >= FAILURE_WINDOW {
-            *e = (Instant::now(), 0);
-        }
-        e.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 > MAX_FAILURES
+    }
+
+    /// Addresses remembered now (at most the capacity).
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// The address a request came from (the limiter's key).
-pub(crate) fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
-    extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+/// The refusal once an address has failed too often.
+pub(crate) fn too_many_failures(what: &str) -> ApiError {
+    err(ErrorCode::RateLimited, format!("too many failed {what} from this address; try again in a minute"))
+}
+
+/// The address a request came from (the limiter's key): the peer, or, when the peer
+/// is one of the `trusted` proxies, the nearest address in `X-Forwarded-For` that is
+/// not itself a trusted proxy. An untrusted peer's `X-Forwarded-For` is ignored:
+/// anyone can write that header.
+pub(crate) fn client_ip(extensions: &axum::http::Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    forwarded_client(peer, headers, trusted)
+}
+
+fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Each proxy appends the address it received from, so the list is read from its
+    // end: the first address that no trusted proxy wrote is the client.
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // A malformed hop ends what can be trusted: the last good address stands.
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 /// The authenticated caller.
@@ -52,31 +116,80 @@ impl FromRequestParts<Arc<App>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let ip = client_ip(&parts.extensions);
-        if app.failures.blocked(ip) {
-            return Err(err(
-                ErrorCode::RateLimited,
-                "too many failed authentications from this address; try again in a minute",
-            ));
-        }
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let secret = header.strip_prefix("Bearer ").map(str::trim).unwrap_or("");
-        if secret.is_empty() {
-            app.failures.fail(ip);
-            return Err(err(ErrorCode::Unauthorized, "send an API key as `Authorization: Bearer <key>`"));
+        let secret = header.strip_prefix("Bearer ").map(str::trim).unwrap_or("").to_string();
+        let missing = secret.is_empty();
+        // The key is checked first: only a failure is counted, and only failures are refused.
+        let principal = if missing {
+            None
+        } else {
+            let engine = app.engine.clone();
+            tokio::task::spawn_blocking(move || engine.authenticate(&secret))
+                .await
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))??
+        };
+        if let Some(p) = principal {
+            return Ok(Auth(p));
         }
-        let engine = app.engine.clone();
-        let secret = secret.to_string();
-        let principal = tokio::task::spawn_blocking(move || engine.authenticate(&secret))
-            .await
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
-        match principal {
-            Some(p) => Ok(Auth(p)),
-            None => {
-                app.failures.fail(ip);
-                Err(err(ErrorCode::Unauthorized, "the API key is not valid or was revoked"))
-            }
+        let ip = client_ip(&parts.extensions, &parts.headers, &app.trusted_proxies);
+        if app.failures.fail(ip) {
+            return Err(too_many_failures("authentications"));
         }
+        Err(if missing {
+            err(ErrorCode::Unauthorized, "send an API key as `Authorization: Bearer <key>`")
+        } else {
+            err(ErrorCode::Unauthorized, "the API key is not valid or was revoked")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&["198.51.100.7, 203.0.113.9"]);
+        // From an untrusted peer the header is anyone's word.
+        assert_eq!(
+            forwarded_client("192.0.2.1".parse().unwrap(), &h, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        // Through a trusted proxy: the nearest hop it received from.
+        assert_eq!(forwarded_client(proxy, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        // Several trusted proxies in a row are skipped; a client cannot skip an untrusted hop.
+        let h = headers(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
+        assert_eq!(forwarded_client(proxy, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // No header, or garbage: the proxy itself.
+        assert_eq!(forwarded_client(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(forwarded_client(proxy, &headers(&["not-an-ip"]), &trusted), proxy);
+        // Without trusted proxies the header never counts.
+        assert_eq!(forwarded_client(proxy, &h, &[]), proxy);
+    }
+
+    #[test]
+    fn limiter_refuses_after_the_allowance_and_forgets_least_recent() {
+        let l = FailureLimiter::with_capacity(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            assert!(!l.fail(a));
+        }
+        assert!(l.fail(a));
+        l.fail("192.0.2.2".parse().unwrap());
+        l.fail("192.0.2.3".parse().unwrap());
+        assert_eq!(l.len(), 2);
+        // `a` failed least recently and was forgotten: it starts afresh.
+        assert!(!l.fail(a));
     }
 }
 

@@ -41,7 +41,12 @@ impl IntoResponse for ApiError {
             let e = Error::new(self.0.code, "internal error; the request was not applied or its outcome is unknown");
             return json_response(e.code.http_status(), commcredits_engine::views::problem(&e));
         }
-        json_response(self.0.code.http_status(), commcredits_engine::views::problem(&self.0))
+        let mut r = json_response(self.0.code.http_status(), commcredits_engine::views::problem(&self.0));
+        if matches!(self.0.code, ErrorCode::RateLimited | ErrorCode::Overloaded) {
+            // A refusal for load says when to come back.
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::limits::RETRY_AFTER_SECONDS));
+        }
+        r
     }
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod limits;
 pub mod reports;
 pub mod routes;
 pub mod writer;
@@ -18,7 +19,6 @@ use axum::Router;
 use commcredits_core::{ErrorCode, Timestamp};
 use commcredits_engine::Engine;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -40,11 +40,26 @@ pub struct ServerOptions {
     /// it; without one each process picks a random secret (its sessions end when it
     /// restarts).
     pub session_secret: Option<String>,
+
+    // -- what keeps outside requests from stopping call control --
+    /// Timeouts, the connection bound and the report budget.
+    pub limits: limits::Limits,
+    /// Proxies whose `X-Forwarded-For` names the client (the failed-authentication
+    /// limiter's key); from any other peer the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
-        ServerOptions { jobs_every: Duration::from_secs(15), session_secret: None }
+        ServerOptions {
+            jobs_every: Duration::from_secs(15),
+            session_secret: None,
+            limits: limits::Limits::default(),
+            trusted_proxies: Vec::new(),
+            metrics_token: None,
+        }
     }
 }
 
@@ -57,6 +72,16 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Signs and checks the admin pages' session cookies.
     pub sessions: admin::session::Sessions,
+
+    // -- what keeps outside requests from stopping call control --
+    pub limits: limits::Limits,
+    /// Where report work runs, and how much of it at once.
+    pub reports: limits::ReportSlots,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// SHA-256 of the `/metrics` token, when one is required.
+    pub metrics_token_sha256: Option<Vec<u8>>,
+    /// The last counts behind the gauges, and when they were taken.
+    gauges: std::sync::Mutex<Option<(Instant, Gauges)>>,
 }
 
 #[derive(OpenApi)]
@@ -174,14 +199,53 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    let engine = app.engine.clone();
-    let gauges = tokio::task::spawn_blocking(move || {
-        engine.read(|tx| {
-            Ok((tx.count_open_reservations_all()?, tx.count_pending_notices_all()?, tx.count_failed_deliveries_all()?))
-        })
-    })
-    .await;
+/// Open reservations, pending notices, failed deliveries.
+type Gauges = (i64, i64, i64);
+
+/// How old the counts behind the gauges may be: scrapes more frequent than this, from
+/// any number of scrapers, cost the database nothing.
+pub const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
+async fn metrics_text(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(want) = &app.metrics_token_sha256 {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        // Digests are compared, so the comparison's time says nothing about the token.
+        if <sha2::Sha256 as sha2::Digest>::digest(given.as_bytes()).as_slice() != want.as_slice() {
+            return error::err(ErrorCode::Unauthorized, "/metrics needs `Authorization: Bearer <metrics token>`")
+                .into_response();
+        }
+    }
+    let cached = app
+        .gauges
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .filter(|(at, _)| at.elapsed() < GAUGE_REFRESH)
+        .map(|(_, counts)| counts);
+    let gauges = match cached {
+        Some(counts) => Ok(Ok(counts)),
+        None => {
+            let engine = app.engine.clone();
+            let counts = tokio::task::spawn_blocking(move || {
+                engine.read(|tx| {
+                    Ok((
+                        tx.count_open_reservations_all()?,
+                        tx.count_pending_notices_all()?,
+                        tx.count_failed_deliveries_all()?,
+                    ))
+                })
+            })
+            .await;
+            if let Ok(Ok(c)) = &counts {
+                *app.gauges.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), *c));
+            }
+            counts
+        }
+    };
     if let Ok(Ok((open, pending, failed))) = gauges {
         metrics::gauge!("commcredits_reservations_open").set(open as f64);
         metrics::gauge!("commcredits_notices_pending").set(pending as f64);
@@ -227,6 +291,14 @@ impl App {
             engine,
             failures: auth::FailureLimiter::default(),
             metrics: prometheus(),
+            limits: options.limits.clone(),
+            reports: limits::ReportSlots::new(&options.limits),
+            trusted_proxies: options.trusted_proxies.clone(),
+            metrics_token_sha256: options
+                .metrics_token
+                .as_deref()
+                .map(|t| <sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()).to_vec()),
+            gauges: std::sync::Mutex::new(None),
         })
     }
 }
@@ -297,8 +369,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let jobs = spawn_jobs(engine, options.jobs_every, stop_rx.clone());
     let sender = spawn_delivery(app.clone(), Duration::from_secs(5).min(options.jobs_every), stop_rx);
-    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
+    serve_connections(listener, router(app.clone()), &options.limits, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     let _ = jobs.await;
     let _ = sender.await;
@@ -306,6 +377,88 @@ pub async fn serve(
     if let Ok(mut app) = Arc::try_unwrap(app) {
         app.calls.stop();
     }
+    Ok(())
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then lets the open
+/// connections finish their requests and returns. Unlike `axum::serve`, every phase of
+/// a connection has a limit (see [`limits::Limits`]): reading the header, each part of
+/// the body, producing the answer, sending it; and at most `max_connections` are open
+/// (one more is answered `503 overloaded` and closed).
+pub async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: &limits::Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    use tower::ServiceExt;
+    let max = limits.max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let open = Arc::new(tokio::sync::Semaphore::new(max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted:
+                    // wait a little rather than spin, and go on.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!("commcredits_http_connections_refused_total").increment(1);
+            tokio::spawn(async move {
+                let answer = limits::overloaded_connection_answer();
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, limits, mut stop) = (router.clone(), limits.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let _open = permit;
+            let io = hyper_util::rt::TokioIo::new(limits::SendDeadline::new(stream, limits.send_timeout));
+            let (body_timeout, request_timeout) = (limits.body_read_timeout, limits.request_timeout);
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut req =
+                    req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b)));
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                let router = router.clone();
+                async move {
+                    // Only the answer's head is waited for here: a streamed body is paced
+                    // by the send timeout instead, however long it is.
+                    Ok::<_, std::convert::Infallible>(
+                        match tokio::time::timeout(request_timeout, router.oneshot(req)).await {
+                            Ok(Ok(response)) => response,
+                            Ok(Err(never)) => match never {},
+                            Err(_) => limits::request_timed_out(request_timeout).into_response(),
+                        },
+                    )
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let conn = builder.serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.changed() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    let _ = stop_tx.send(true);
+    drop(listener);
+    // Every connection holds a permit until it ends.
+    let _ = open.acquire_many(max as u32).await;
     Ok(())
 }
 

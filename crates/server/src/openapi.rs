@@ -28,7 +28,7 @@ fn meaning(status: u16) -> &'static str {
         422 => "The request is well-formed but a value is invalid or not allowed.",
         429 => "Too many requests of this kind; retry after the Retry-After header's seconds.",
         500 => "An internal error; the request was not applied or its outcome is unknown.",
-        503 => "The server is at a limit (queued calls, concurrent reports); retry shortly.",
+        503 => "The server is at a limit (open connections, the time to answer, queued calls, concurrent reports); retry after the Retry-After header's seconds.",
         _ => "An error.",
     }
 }
@@ -58,7 +58,8 @@ pub fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
     }
     let mutating = matches!(method, "post" | "put" | "patch" | "delete");
     if mutating {
-        // Bodies are read and parsed; the Idempotency-Key header may conflict.
+        // Bodies are read (a stalled body is answered 422) and parsed; the
+        // Idempotency-Key header may conflict.
         s.extend([400, 409, 413, 415, 422]);
     } else if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
         // Query and path values are parsed and checked.
@@ -69,13 +70,9 @@ pub fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
     if matches!(op_id, "add_funds" | "add_payment_method") {
         s.push(402);
     }
-    if calls || matches!(op_id, "pstn_usage") {
-        // Call control waits in the call writer's bounded queue; exports are bounded too.
-        s.push(503);
-    }
-    if matches!(op_id, "pstn_usage") {
-        s.push(429);
-    }
+    // Any request may meet a limit of the server: the open connections, the time to
+    // answer, and per route the call writer's queue or the report slots.
+    s.push(503);
     s.sort_unstable();
     s.dedup();
     s

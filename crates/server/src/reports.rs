@@ -4,6 +4,7 @@
 
 use crate::auth::{check_org, Auth, Need};
 use crate::error::{err, ApiError, ApiResult};
+use crate::limits::ReportSlots;
 use crate::routes::{Problem, Query};
 use crate::App;
 use axum::body::{Body, Bytes};
@@ -15,25 +16,44 @@ use commcredits_core::{ErrorCode, Timestamp};
 use commcredits_engine::usage::{UsageFilter, UsagePage};
 use serde::Deserialize;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use utoipa::IntoParams;
 
 const CHUNK: usize = 64 * 1024;
+/// Chunks written ahead of what the client has taken.
+const CHUNKS_AHEAD: usize = 8;
 
-struct ChunkStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// The body of an export: the chunks its report thread writes, then either the end or,
+/// when the thread failed, an error that aborts the body (so a client never mistakes a
+/// cut export for a whole one).
+struct ChunkStream {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    failure: Arc<Mutex<Option<String>>>,
+}
 
 impl futures_core::Stream for ChunkStream {
     type Item = Result<Bytes, std::io::Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(None) => {
+                let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Poll::Ready(failure.map(|m| Err(std::io::Error::other(m))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-/// A `Write` that hands 64 KiB chunks to the response body.
+/// A `Write` that hands 64 KiB chunks to the response body. A chunk the client has not
+/// made room for within `send_timeout` fails the write, which stops the export's reader.
 struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
     buf: Vec<u8>,
+    runtime: tokio::runtime::Handle,
+    send_timeout: Duration,
 }
 
 impl std::io::Write for ChannelWriter {
@@ -50,7 +70,16 @@ impl std::io::Write for ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))
+        // A report thread is not a runtime thread: it may wait on the runtime's timer.
+        let (tx, send_timeout) = (&self.tx, self.send_timeout);
+        match self.runtime.block_on(async move { tokio::time::timeout(send_timeout, tx.send(chunk)).await }) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", self.send_timeout.as_secs()),
+            )),
+        }
     }
 }
 
@@ -97,12 +126,13 @@ pub async fn pstn_usage(
     Query(q): Query<UsageQuery>,
 ) -> ApiResult {
     check_org(&p, &org, Need::Read)?;
-    usage_response(&app, org, q).await
+    usage_response(&app, &p.key_id, org, q).await
 }
 
 /// The usage report for a caller already allowed to read `org`: a JSON page, or a CSV
 /// or Excel file streamed. The API and the admin pages' export links both answer here.
-pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -> ApiResult {
+/// Exports count against `key_id`'s export slots and the server's report budget.
+pub(crate) async fn usage_response(app: &Arc<App>, key_id: &str, org: String, q: UsageQuery) -> ApiResult {
     let filter = UsageFilter {
         from: Some(time("from", &q.from)?),
         to: Some(time("to", &q.to)?),
@@ -116,37 +146,37 @@ pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -
         return Err(err(ErrorCode::InvalidInput, "the period is empty: 'from' must be before 'to'"));
     }
     let engine = app.engine.clone();
-    // Check what can fail before the first byte is sent (the organization, the user).
-    {
+    let format = q.format.as_deref().unwrap_or("json");
+    // Checks what can fail before the first byte is sent (the organization, the user).
+    let check = {
         let (engine, org, user) = (engine.clone(), org.clone(), filter.user.clone());
-        tokio::task::spawn_blocking(move || {
+        move || {
             engine.org_view(&org)?;
             if let Some(u) = user {
                 engine.user(&org, &u)?;
             }
-            Ok::<_, commcredits_core::Error>(())
-        })
-        .await
-        .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
-    }
-    let format = q.format.as_deref().unwrap_or("json");
+            Ok(())
+        }
+    };
     let name = format!("pstn-usage-{}-{}", &q.from[..10.min(q.from.len())], &q.to[..10.min(q.to.len())]);
     match format {
         "json" => {
             let limit = q.limit.unwrap_or(crate::routes::DEFAULT_PAGE);
-            let page =
-                tokio::task::spawn_blocking(move || engine.usage_page(&org, &filter, q.cursor.as_deref(), limit))
-                    .await
-                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+            let permit = app.reports.acquire(None)?;
+            let page = ReportSlots::run(permit, move || {
+                check()?;
+                engine.usage_page(&org, &filter, q.cursor.as_deref(), limit)
+            })
+            .await?;
             Ok(Json(page).into_response())
         }
         "csv" => Ok(file_response(
-            streamed(move |w| engine.write_usage_csv(&org, &filter, w).map(drop)),
+            streamed(app, key_id, check, move |w| engine.write_usage_csv(&org, &filter, w).map(drop)).await?,
             "text/csv; charset=utf-8",
             &format!("{name}.csv"),
         )),
         "xlsx" => Ok(file_response(
-            streamed(move |w| {
+            streamed(app, key_id, check, move |w| {
                 // A workbook is a zip with a central directory at its end: written to a
                 // temporary file, then copied to the body.
                 let io = |e: std::io::Error| commcredits_core::Error::new(ErrorCode::Internal, e.to_string());
@@ -154,14 +184,18 @@ pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -
                 let path = dir.path().join("report.xlsx");
                 engine.write_usage_xlsx(&org, &filter, &path)?;
                 std::io::copy(&mut std::fs::File::open(&path).map_err(io)?, w).map_err(io).map(drop)
-            }),
+            })
+            .await?,
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
             &format!("{name}.xlsx"),
         )),
         "zip" => {
             let id = commcredits_engine::usage::new_export_id();
             let filename = format!("Calls.Export.{id}.zip");
-            let body = streamed(move |w| engine.write_usage_zip(&org, &filter, &id, Timestamp::now(), w).map(drop));
+            let body = streamed(app, key_id, check, move |w| {
+                engine.write_usage_zip(&org, &filter, &id, Timestamp::now(), w).map(drop)
+            })
+            .await?;
             Ok(file_response(body, "application/zip", &filename))
         }
         other => Err(ApiError(commcredits_core::Error::new(
@@ -171,21 +205,49 @@ pub(crate) async fn usage_response(app: &Arc<App>, org: String, q: UsageQuery) -
     }
 }
 
-/// A response body written by `write` on the blocking pool, sent in chunks as it is
-/// written (memory stays flat). An error mid-stream aborts the body: the status is
-/// already sent.
-fn streamed(write: impl FnOnce(&mut dyn std::io::Write) -> commcredits_core::Result<()> + Send + 'static) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+/// A response body written by `write` on a report thread (never tokio's blocking pool,
+/// which authentication and call control need), sent in chunks as it is written
+/// (memory stays flat). The export holds one of `key_id`'s export slots and one of
+/// the server's report slots until its thread ends: when the body is written, when
+/// the client goes away, or when the client reads nothing for the send timeout.
+/// `check` runs first, on the same thread, so what can fail is answered as a problem
+/// before the status is sent; an error later aborts the body.
+async fn streamed(
+    app: &Arc<App>,
+    key_id: &str,
+    check: impl FnOnce() -> commcredits_core::Result<()> + Send + 'static,
+    write: impl FnOnce(&mut dyn std::io::Write) -> commcredits_core::Result<()> + Send + 'static,
+) -> ApiResult<Body> {
+    let permit = app.reports.acquire(Some(key_id))?;
+    let (tx, chunks) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let failure = Arc::new(Mutex::new(None));
+    let (runtime, send_timeout, failed) = (tokio::runtime::Handle::current(), app.limits.send_timeout, failure.clone());
+    ReportSlots::spawn(permit, move || {
+        if let Err(e) = check() {
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
+        let _ = ready_tx.send(Ok(()));
+        // Failed until it succeeds: if `write` panics, the body still ends as cut off.
+        let set = |m: Option<String>| *failed.lock().unwrap_or_else(|p| p.into_inner()) = m;
+        set(Some("the export stopped".into()));
+        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(CHUNK), runtime, send_timeout };
         let result = write(&mut w).and_then(|_| {
             std::io::Write::flush(&mut w).map_err(|e| commcredits_core::Error::new(ErrorCode::Internal, e.to_string()))
         });
-        if let Err(e) = result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
+        match result {
+            Ok(()) => set(None),
+            Err(e) => {
+                tracing::info!("an export stopped: {}", e.message);
+                set(Some(e.message));
+            }
         }
-    });
-    Body::from_stream(ChunkStream(rx))
+        // The body ends (or aborts, after the failure above) once the sender is gone.
+        drop(w);
+    })?;
+    ready.await.map_err(|_| err(ErrorCode::Internal, "the export thread stopped before starting"))??;
+    Ok(Body::from_stream(ChunkStream { chunks, failure }))
 }
 
 fn file_response(body: Body, content_type: &'static str, filename: &str) -> Response {
@@ -214,9 +276,8 @@ async fn period_report<T: serde::Serialize + Send + 'static>(
 ) -> ApiResult {
     let (from, to) = (time("from", &q.from)?, time("to", &q.to)?);
     let engine = app.engine.clone();
-    let v = tokio::task::spawn_blocking(move || f(&engine, &org, from, to))
-        .await
-        .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+    let permit = app.reports.acquire(None)?;
+    let v = ReportSlots::run(permit, move || f(&engine, &org, from, to)).await?;
     Ok(Json(v).into_response())
 }
 
@@ -261,8 +322,7 @@ pub async fn dial_out(
 pub async fn recommendation(State(app): State<Arc<App>>, Auth(p): Auth, Path(org): Path<String>) -> ApiResult {
     check_org(&p, &org, Need::Read)?;
     let engine = app.engine.clone();
-    let r = tokio::task::spawn_blocking(move || engine.recommend(&org, Timestamp::now()))
-        .await
-        .map_err(|e| err(ErrorCode::Internal, e.to_string()))??;
+    let permit = app.reports.acquire(None)?;
+    let r = ReportSlots::run(permit, move || engine.recommend(&org, Timestamp::now())).await?;
     Ok(Json(r).into_response())
 }

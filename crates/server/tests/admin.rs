@@ -385,6 +385,17 @@ async fn sign_in_refuses_wrong_keys_platform_keys_revoked_keys_and_forged_forms(
         r.has_code(401, "unauthorized");
     }
     assert!(limited, "sign-in failures are limited");
+    // Only failures are: a valid key from the same address still signs in.
+    let admin = secret(
+        app.engine
+            .apply_one(
+                Timestamp::now(),
+                Command::CreateKey { org: Some(s.org.clone()), role: "admin".into(), name: "another".into() },
+            )
+            .unwrap(),
+    );
+    let (mut b, _) = Browser::signed_in(&app, &admin).await;
+    assert_eq!(b.get("/admin/billing").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,14 @@ pub trait Store: Send + Sync {
     /// Runs `f` on a consistent snapshot. Writes inside `f` are refused.
     fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
 
+    /// Like [`Store::read`], for report scans that may last as long as a client takes
+    /// to download an export: an adapter with a connection pool runs them on a separate,
+    /// smaller pool, so reports can never hold the connections that authentication and
+    /// call control need.
+    fn read_report(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        self.read(f)
+    }
+
     /// A short description for logs ("sqlite:///path").
     fn describe(&self) -> String;
 }

@@ -620,6 +620,10 @@ impl Store for WriteBehindStore {
         self.0.read(f)
     }
 
+    fn read_report(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        self.0.read_report(f)
+    }
+
     fn describe(&self) -> String {
         format!("write-behind over {}", self.0.describe())
     }

@@ -53,11 +53,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // heap has no clustered order), so the same change is 6 there.
     (5, include_str!("../migrations/postgres/0005_reservations_pending.sql")),
     (6, include_str!("../migrations/postgres/0006_idempotency_expiry.sql")),
+    (7, include_str!("../migrations/postgres/0007_notices_pending.sql")),
 ];
 
 /// Connections per store, opened lazily. A PostgreSQL backend is a process: a few
 /// servers with 16 each stay far below the usual `max_connections` of 100.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Connections per store for report scans ([`Store::read_report`]), a pool of their
+/// own: however many exports clients read slowly, the `MAX_CONNECTIONS` above stay free
+/// for authentication, call control and everything else.
+pub const MAX_REPORT_CONNECTIONS: usize = 4;
 /// How long a caller waits for a free connection before giving up.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts of one write before a serialization failure is reported.
@@ -307,6 +312,8 @@ impl Drop for Pooled<'_> {
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Report scans only (see [`MAX_REPORT_CONNECTIONS`]).
+    reports: Pool,
     retries: AtomicU64,
 }
 
@@ -326,6 +333,13 @@ impl PostgresStore {
             Ok(conn)
         })??;
         Ok(PostgresStore {
+            reports: Pool {
+                config: config.clone(),
+                description: description.clone(),
+                max: MAX_REPORT_CONNECTIONS,
+                state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+                freed: Condvar::new(),
+            },
             pool: Pool {
                 config,
                 description,
@@ -419,19 +433,36 @@ impl Store for PostgresStore {
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let mut pooled = self.pool.get()?;
-        let mut tx = PgTx::new(pooled.conn(), BEGIN_READ, true, Vec::new());
-        let result = f(&mut tx);
-        // A read-only transaction has nothing to commit; ROLLBACK also ends an aborted one.
-        if tx.begun && tx.conn.client.batch_execute("ROLLBACK").is_err() {
-            tx.conn.dirty = true;
-        }
-        result
+        read_on(&self.pool, f)
+    }
+
+    fn read_report(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        read_on(&self.reports, f)
     }
 
     fn describe(&self) -> String {
         self.pool.description.clone()
     }
+}
+
+impl PostgresStore {
+    /// Connections open now in the main pool and in the report pool (for tests).
+    pub fn open_connections(&self) -> (usize, usize) {
+        let open = |p: &Pool| p.state.lock().map(|s| s.open).unwrap_or(0);
+        (open(&self.pool), open(&self.reports))
+    }
+}
+
+/// A read-only transaction on a connection of `pool`.
+fn read_on(pool: &Pool, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+    let mut pooled = pool.get()?;
+    let mut tx = PgTx::new(pooled.conn(), BEGIN_READ, true, Vec::new());
+    let result = f(&mut tx);
+    // A read-only transaction has nothing to commit; ROLLBACK also ends an aborted one.
+    if tx.begun && tx.conn.client.batch_execute("ROLLBACK").is_err() {
+        tx.conn.dirty = true;
+    }
+    result
 }
 
 /// One attempt of a write: session locks from earlier attempts, the closure, COMMIT.

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_cdrs_clustered.sql")),
     (6, include_str!("../migrations/sqlite/0006_reservations_pending.sql")),
     (7, include_str!("../migrations/sqlite/0007_idempotency_expiry.sql")),
+    (8, include_str!("../migrations/sqlite/0008_notices_pending.sql")),
 ];
 
 pub struct SqliteStore {

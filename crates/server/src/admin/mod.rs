@@ -630,7 +630,7 @@ async fn login_page(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -
 }
 
 async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
-    let ip = client_ip(req.extensions());
+    let ip = client_ip(req.extensions(), req.headers(), &app.trusted_proxies);
     let (headers, uri) = (req.headers().clone(), req.uri().clone());
     let form = match Form::from_request(req, &()).await {
         Ok(f) => f,
@@ -648,28 +648,28 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
         );
     }
     let fail = |status: StatusCode, e: Error| login_response(&app, &headers, &uri, status, Some(&e));
-    if app.failures.blocked(ip) {
-        return fail(
-            StatusCode::TOO_MANY_REQUESTS,
-            Error::new(ErrorCode::RateLimited, "too many failed sign-ins from this address; try again in a minute"),
-        );
-    }
+    // The key is checked first: a valid key always signs in, and only failures are
+    // counted and, past the allowance, refused (the API's rule).
     let key = form.get("key").trim().to_string();
-    if key.is_empty() {
-        app.failures.fail(ip);
-        return fail(StatusCode::UNAUTHORIZED, Error::new(ErrorCode::Unauthorized, "enter an API key"));
-    }
-    let engine = app.engine.clone();
-    let principal = match blocking(move || engine.authenticate(&key)).await {
-        Ok(p) => p,
-        Err(e) => return error_page(&e, "/admin/login"),
+    let principal = if key.is_empty() {
+        None
+    } else {
+        let engine = app.engine.clone();
+        match blocking(move || engine.authenticate(&key)).await {
+            Ok(p) => p,
+            Err(e) => return error_page(&e, "/admin/login"),
+        }
     };
     let Some(p) = principal else {
-        app.failures.fail(ip);
-        return fail(
-            StatusCode::UNAUTHORIZED,
-            Error::new(ErrorCode::Unauthorized, "the API key is not valid or was revoked"),
-        );
+        if app.failures.fail(ip) {
+            return fail(StatusCode::TOO_MANY_REQUESTS, crate::auth::too_many_failures("sign-ins").0);
+        }
+        let message = if form.get("key").trim().is_empty() {
+            "enter an API key"
+        } else {
+            "the API key is not valid or was revoked"
+        };
+        return fail(StatusCode::UNAUTHORIZED, Error::new(ErrorCode::Unauthorized, message));
     };
     let Some(org) = p.org_id.clone().filter(|_| !p.role.is_platform()) else {
         return fail(
@@ -1306,11 +1306,16 @@ async fn usage(
     let (engine, org) = (app.engine.clone(), admin.org.clone());
     let cursor = Some(p.cursor.trim().to_string()).filter(|c| !c.is_empty());
     let f = form.clone();
-    let built = blocking(move || {
-        let org_view = engine.org_view(&org)?;
-        Ok((org_view, pages::usage(&engine, &org, &f, &filter, cursor.as_deref())))
-    })
-    .await;
+    // The page scans the period (totals, chart): report work, on a report thread.
+    let built = match app.reports.acquire(None) {
+        Ok(permit) => crate::limits::ReportSlots::run(permit, move || {
+            let org_view = engine.org_view(&org)?;
+            Ok((org_view, pages::usage(&engine, &org, &f, &filter, cursor.as_deref())))
+        })
+        .await
+        .map_err(|e| e.0),
+        Err(e) => Err(e.0),
+    };
     match built {
         Ok((org_view, Ok(page))) => page_response(
             &admin,
@@ -1376,7 +1381,7 @@ async fn export(State(app): State<Arc<App>>, admin: Admin, Query(p): Query<Usage
         cursor: None,
         limit: None,
     };
-    match crate::reports::usage_response(&app, admin.org.clone(), q).await {
+    match crate::reports::usage_response(&app, &admin.principal.key_id, admin.org.clone(), q).await {
         Ok(r) => r,
         Err(e) => error_page(&e.0, "/admin/usage"),
     }
