@@ -149,7 +149,10 @@ pub fn release(
 /// already expired) first.
 fn sort_earmarks(lots: &[Lot], earmarks: &mut [(String, i64)]) {
     let key = |id: &String| {
-        lots.iter().find(|l| &l.id == id).map(|l| (l.expires_at, l.purchased_at)).unwrap_or((Timestamp::MAX, Timestamp::MAX))
+        lots.iter()
+            .find(|l| &l.id == id)
+            .map(|l| (l.expires_at, l.purchased_at))
+            .unwrap_or((Timestamp::MAX, Timestamp::MAX))
     };
     earmarks.sort_by(|a, b| (key(&a.0), &a.0).cmp(&(key(&b.0), &b.0)));
 }

@@ -510,7 +510,8 @@ fn stored_seconds(value: i64, what: &str) -> Result<u32> {
 /// The grant a reservation holds, as the core's decision and settlement see it.
 fn held_grant(res: &ReservationRow) -> Result<Grant> {
     let granted_seconds = stored_seconds(res.granted_seconds, "granted seconds")?;
-    let mut g = Grant { granted_seconds, plan_minutes: res.plan_minutes, credit_seconds: 0, money_minor: res.money_minor };
+    let mut g =
+        Grant { granted_seconds, plan_minutes: res.plan_minutes, credit_seconds: 0, money_minor: res.money_minor };
     g.credit_seconds = granted_seconds - g.plan_seconds();
     Ok(g)
 }

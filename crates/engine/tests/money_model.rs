@@ -9,7 +9,7 @@
 //! money; an earmark on a lot that expired pays for its own call; money a call still
 //! holds is never written off while the call is open; a shrinking reservation gives
 //! back its latest-expiring live money first). Random interleavings of authorize,
-//! update, end and timeouts, with lots expiring under calls, spend limits changing,
+//! update, end, timeouts and offline CDR imports, with lots expiring under calls, spend limits changing,
 //! licenses removed and a minute pool running out in the middle of calls, are applied
 //! to the engine and to the model, and after every step both must agree to the cent.
 
@@ -56,7 +56,8 @@ impl ModelRate {
         if seconds <= 0 {
             return 0;
         }
-        let billable = i128::from((seconds + self.increment_seconds - 1) / self.increment_seconds * self.increment_seconds);
+        let billable =
+            i128::from((seconds + self.increment_seconds - 1) / self.increment_seconds * self.increment_seconds);
         // cents = billable × units × 100 / (60 × 10^scale), rounded half-up.
         let num = billable * self.per_minute_units * 100;
         let den = 60 * 10i128.pow(self.scale);
@@ -128,7 +129,11 @@ impl Model {
 
     /// Earmarks `amount` on live lots, first to expire first.
     fn reserve(&mut self, call: &str, mut amount: i64, now: Timestamp) {
-        assert!(amount <= self.spendable(now), "call {call} reserves {amount} but only {} is spendable", self.spendable(now));
+        assert!(
+            amount <= self.spendable(now),
+            "call {call} reserves {amount} but only {} is spendable",
+            self.spendable(now)
+        );
         for id in self.spending_order() {
             if amount == 0 {
                 break;
@@ -218,14 +223,43 @@ fn must_pay(c: &ModelCall, duration: i64) -> (i64, i64, i64) {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Authorize { call: u8, user: u8, dest: u8, secs: u32 },
-    Update { call: u8, used: u32, more: u32 },
-    End { call: u8, secs: u32 },
+    Authorize {
+        call: u8,
+        user: u8,
+        dest: u8,
+        secs: u32,
+    },
+    Update {
+        call: u8,
+        used: u32,
+        more: u32,
+    },
+    End {
+        call: u8,
+        secs: u32,
+    },
+    /// A CDR from the switch, charged offline at once.
+    Import {
+        user: u8,
+        dest: u8,
+        secs: u32,
+    },
     /// A lot bought so that it expires `expires_in` seconds from now.
-    Purchase { expires_in: u32 },
-    Advance { secs: u32 },
-    SpendLimit { user: u8, limit: Option<&'static str> },
-    License { user: u8, sku: u8, assign: bool },
+    Purchase {
+        expires_in: u32,
+    },
+    Advance {
+        secs: u32,
+    },
+    SpendLimit {
+        user: u8,
+        limit: Option<&'static str>,
+    },
+    License {
+        user: u8,
+        sku: u8,
+        assign: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -233,6 +267,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0u8..6, 0u8..3, 0u8..4, 1u32..900).prop_map(|(call, user, dest, secs)| Op::Authorize { call, user, dest, secs }),
         4 => (0u8..6, 0u32..1200, 0u32..600).prop_map(|(call, used, more)| Op::Update { call, used, more }),
         3 => (0u8..6, 0u32..1500).prop_map(|(call, secs)| Op::End { call, secs }),
+        1 => (0u8..3, 0u8..4, 0u32..1500).prop_map(|(user, dest, secs)| Op::Import { user, dest, secs }),
         2 => (1u32..1500).prop_map(|expires_in| Op::Purchase { expires_in }),
         2 => (1u32..1000).prop_map(|secs| Op::Advance { secs }),
         1 => (0u8..2, prop::option::of(prop::sample::select(vec!["0.01", "0.02", "0.10", "0.50", "5.00"])))
@@ -289,6 +324,7 @@ fn run(ops: Vec<Op>) {
     let users = [o.ada.clone(), o.bob.clone(), o.cy.clone()];
     let mut generation: BTreeMap<u8, u32> = BTreeMap::new();
     let mut purchases = 0;
+    let mut imports = 0u64;
     let buy = |e: &Engine, m: &mut Model, now: Timestamp, expires_in: u32| {
         let expires_at = now + jiff::SignedDuration::from_secs(i64::from(expires_in));
         let purchased_at = expires_at
@@ -299,10 +335,7 @@ fn run(ops: Vec<Op>) {
         e.purchase(&o.id, "50", &o.card, None, Some(purchased_at), now).unwrap();
         let new = lots(e, &o.id).into_iter().find(|l| !m.lots.contains_key(&l.lot_id)).unwrap();
         assert_eq!((new.amount_minor, new.expires_at), (5000, expires_at));
-        m.lots.insert(
-            new.lot_id,
-            ModelLot { purchased_at, expires_at, remaining: 5000, reserved: 0, expired: false },
-        );
+        m.lots.insert(new.lot_id, ModelLot { purchased_at, expires_at, remaining: 5000, reserved: 0, expired: false });
     };
     // One lot that outlives every run, one that expires during it.
     buy(&e, &mut m, now, 3 * 86_400);
@@ -310,18 +343,35 @@ fn run(ops: Vec<Op>) {
     compare(&e, &o.id, &m, "set-up");
     for (step, op) in ops.into_iter().enumerate() {
         let step = format!("step {step} {op:?}");
-        let id = |call: u8, generation: &BTreeMap<u8, u32>| format!("c{call}-{}", generation.get(&call).copied().unwrap_or(0));
+        let id = |call: u8, generation: &BTreeMap<u8, u32>| {
+            format!("c{call}-{}", generation.get(&call).copied().unwrap_or(0))
+        };
         match op {
             Op::Authorize { call, user, dest, secs } => {
                 *generation.entry(call).or_insert(0) += 1;
                 let call_id = id(call, &generation);
-                let a = auth(&e, now, &o.id, &call_id, "outbound", Some(&users[user as usize]), "+14155550111", DESTS[dest as usize], Some(secs));
+                let a = auth(
+                    &e,
+                    now,
+                    &o.id,
+                    &call_id,
+                    "outbound",
+                    Some(&users[user as usize]),
+                    "+14155550111",
+                    DESTS[dest as usize],
+                    Some(secs),
+                );
                 if a.decision == "allow" {
-                    let rate = ModelRate::parse(a.rate_per_minute.as_deref().unwrap(), a.connection_fee, a.increment_seconds);
+                    let rate =
+                        ModelRate::parse(a.rate_per_minute.as_deref().unwrap(), a.connection_fee, a.increment_seconds);
                     let granted = i64::from(a.granted_seconds);
                     assert!(granted >= 1 && granted <= i64::from(secs) + rate.increment_seconds, "{step}: {a:?}");
                     // The reservation is the price of the granted seconds the plan does not cover.
-                    assert_eq!(a.reserved_amount, rate.price_minor(credit_seconds(granted, a.plan_minutes)), "{step}: {a:?}");
+                    assert_eq!(
+                        a.reserved_amount,
+                        rate.price_minor(credit_seconds(granted, a.plan_minutes)),
+                        "{step}: {a:?}"
+                    );
                     let res = reservation(&e, &o.id, &call_id);
                     assert_eq!((res.money_minor, res.plan_minutes), (a.reserved_amount, a.plan_minutes), "{step}");
                     m.calls.insert(
@@ -345,7 +395,12 @@ fn run(ops: Vec<Op>) {
                 let call_id = id(call, &generation);
                 let r = e.apply_one(
                     now,
-                    Command::Update { org: o.id.clone(), call_id: call_id.clone(), used_seconds: used, requested_seconds: more },
+                    Command::Update {
+                        org: o.id.clone(),
+                        call_id: call_id.clone(),
+                        used_seconds: used,
+                        requested_seconds: more,
+                    },
                 );
                 let Some(c) = m.calls.get(&call_id).cloned() else {
                     assert!(r.is_err(), "{step}: an update of a call not in progress must fail: {r:?}");
@@ -400,7 +455,10 @@ fn run(ops: Vec<Op>) {
             }
             Op::End { call, secs } => {
                 let call_id = id(call, &generation);
-                let r = e.apply_one(now, Command::End { org: o.id.clone(), call_id: call_id.clone(), duration_seconds: secs });
+                let r = e.apply_one(
+                    now,
+                    Command::End { org: o.id.clone(), call_id: call_id.clone(), duration_seconds: secs },
+                );
                 let Some(c) = m.calls.get(&call_id).cloned() else {
                     // Unknown (never authorized, or denied) or already ended.
                     continue;
@@ -416,6 +474,60 @@ fn run(ops: Vec<Op>) {
                 m.charged += charge;
                 m.settled.push((call_id, charge));
             }
+            Op::Import { user, dest, secs } => {
+                imports += 1;
+                let call_id = format!("cdr{imports}");
+                let r = e.apply_one(
+                    now,
+                    Command::ImportCdr(commcredits_engine::cdr::CdrRecord {
+                        org: o.id.clone(),
+                        line: imports,
+                        call_id: call_id.clone(),
+                        call_type: "outbound".into(),
+                        user: Some(users[user as usize].clone()),
+                        from: "+14155550111".into(),
+                        to: DESTS[dest as usize].into(),
+                        start_time: now,
+                        duration_seconds: secs,
+                    }),
+                );
+                let Ok(Outcome::Ended(v)) = r else {
+                    assert!(r.is_err(), "{step}: {r:?}");
+                    continue;
+                };
+                // Charged the same way as a real-time call granted what the import was.
+                let res = reservation(&e, &o.id, &call_id);
+                let rate = ModelRate::parse(
+                    res.rate_per_minute.as_deref().unwrap(),
+                    res.connection_fee_minor,
+                    u32::try_from(res.increment_seconds).unwrap(),
+                );
+                assert_eq!(
+                    res.money_minor,
+                    rate.price_minor(credit_seconds(res.granted_seconds, res.plan_minutes)),
+                    "{step}: {res:?}"
+                );
+                let c = ModelCall {
+                    rate,
+                    granted: res.granted_seconds,
+                    used: 0,
+                    plan_minutes: res.plan_minutes,
+                    money: res.money_minor,
+                    earmarks: BTreeMap::new(),
+                    expires_at: now,
+                };
+                let (charged, plan, charge) = must_pay(&c, i64::from(secs));
+                assert_eq!(
+                    (v.charged_seconds, v.overrun_seconds, v.plan_minutes, v.charge),
+                    (charged, i64::from(secs) - charged, plan, charge),
+                    "{step}: the customer must pay (charged s, overrun s, plan min, charge) for {c:?}"
+                );
+                m.calls.insert(call_id.clone(), c);
+                m.reserve(&call_id, res.money_minor, now);
+                m.settle(&call_id, charge);
+                m.charged += charge;
+                m.settled.push((call_id, charge));
+            }
             Op::Purchase { expires_in } => {
                 if purchases < 6 {
                     purchases += 1;
@@ -426,7 +538,8 @@ fn run(ops: Vec<Op>) {
                 now += jiff::SignedDuration::from_secs(i64::from(secs));
                 m.expire(now);
                 e.run_jobs(now).unwrap();
-                let due: Vec<String> = m.calls.iter().filter(|(_, c)| c.expires_at <= now).map(|(id, _)| id.clone()).collect();
+                let due: Vec<String> =
+                    m.calls.iter().filter(|(_, c)| c.expires_at <= now).map(|(id, _)| id.clone()).collect();
                 for (call_id, c) in m.calls.clone() {
                     let res = reservation(&e, &o.id, &call_id);
                     if !due.contains(&call_id) {
@@ -460,7 +573,8 @@ fn run(ops: Vec<Op>) {
                 );
             }
             Op::License { user, sku, assign } => {
-                let (org, sku, users) = (o.id.clone(), SKUS[sku as usize].to_string(), vec![users[user as usize].clone()]);
+                let (org, sku, users) =
+                    (o.id.clone(), SKUS[sku as usize].to_string(), vec![users[user as usize].clone()]);
                 // Assigning what is held or removing what is not is refused: that changes nothing.
                 let _ = e.apply_one(
                     now,
