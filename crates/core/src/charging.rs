@@ -275,6 +275,34 @@ pub struct Grant {
     pub money_minor: i64,
 }
 
+impl Grant {
+    /// Seconds of the grant that plan minutes cover: its first whole minutes.
+    pub fn plan_seconds(&self) -> u32 {
+        let plan = u32::try_from(self.plan_minutes.max(0).saturating_mul(60)).unwrap_or(u32::MAX);
+        plan.min(self.granted_seconds)
+    }
+
+    /// The part of this grant that pays for its first `seconds` (at most all of it):
+    /// the plan minutes and the money those seconds need, never more than the grant
+    /// holds. A reservation shrinks to this when a call asks for less than it holds, so
+    /// the seconds kept are paid the way they were granted, whatever today's limits.
+    pub fn first(&self, seconds: u32, rate: Option<&Rate>, currency: Currency) -> Grant {
+        let seconds = seconds.min(self.granted_seconds);
+        let on_plan = seconds.min(self.plan_seconds());
+        let credit_seconds = seconds - on_plan;
+        let money = match rate {
+            Some(r) if credit_seconds > 0 => charge_minor(r, currency, credit_seconds),
+            _ => 0,
+        };
+        Grant {
+            granted_seconds: seconds,
+            plan_minutes: plan_minutes(on_plan).min(self.plan_minutes),
+            credit_seconds,
+            money_minor: money.min(self.money_minor),
+        }
+    }
+}
+
 /// Grants as much of `requested_seconds` as plan minutes then credits can pay, and at
 /// least one billing increment, or denies. `plan_remaining_minutes` is None when no
 /// plan pool applies to the call.
@@ -349,8 +377,7 @@ pub struct Settled {
 /// Settles a duration against what a reservation holds. Never charges more than reserved.
 pub fn settle(grant: &Grant, rate: Option<&Rate>, currency: Currency, duration_seconds: u32) -> Settled {
     let charged = duration_seconds.min(grant.granted_seconds);
-    let plan_cover = (grant.plan_minutes.max(0) * 60).min(i64::from(u32::MAX)) as u32;
-    let on_plan = charged.min(plan_cover);
+    let on_plan = charged.min(grant.plan_seconds());
     let credit_seconds = charged - on_plan;
     let charge = match rate {
         Some(r) if credit_seconds > 0 => charge_minor(r, currency, credit_seconds),
@@ -421,6 +448,31 @@ mod tests {
         let mut o = offer(&r, 1000);
         o.spend_left_minor = Some(5);
         assert_eq!(grant(300, None, Ok(o)), Err(DenyReason::SpendLimitReached));
+    }
+
+    #[test]
+    fn the_first_seconds_of_a_grant_are_paid_as_granted() {
+        let r = rate("0.1000");
+        let usd = Currency::parse("USD").unwrap();
+        let g = Grant { granted_seconds: 300, plan_minutes: 2, credit_seconds: 180, money_minor: 30 };
+        // Within the plan part: plan minutes only, no money.
+        assert_eq!(
+            g.first(90, Some(&r), usd),
+            Grant { granted_seconds: 90, plan_minutes: 2, credit_seconds: 0, money_minor: 0 }
+        );
+        assert_eq!(g.first(60, Some(&r), usd).plan_minutes, 1);
+        // Beyond it: all the plan minutes and the price of the credit seconds.
+        assert_eq!(
+            g.first(200, Some(&r), usd),
+            Grant { granted_seconds: 200, plan_minutes: 2, credit_seconds: 80, money_minor: 20 }
+        );
+        // Never more than the grant holds, in seconds or money.
+        assert_eq!(g.first(999, Some(&r), usd), Grant { credit_seconds: 180, ..g.clone() });
+        let short = Grant { money_minor: 15, ..g.clone() };
+        assert_eq!(short.first(300, Some(&r), usd).money_minor, 15);
+        // A plan-only grant of 90 s holds 2 minutes: its first 70 s still need both.
+        let p = Grant { granted_seconds: 90, plan_minutes: 2, credit_seconds: 0, money_minor: 0 };
+        assert_eq!(p.first(70, Some(&r), usd), Grant { granted_seconds: 70, ..p.clone() });
     }
 
     #[test]

@@ -88,6 +88,75 @@ pub fn reserve(lots: &mut [Lot], amount_minor: i64, now: Timestamp) -> Result<Ve
     Ok(out)
 }
 
+/// Earmarks `amount_minor` more for a reservation that already holds `earmarks`, on
+/// spendable lots first-expiring first, and merges them in: what the reservation held
+/// stays where it is (on an expired lot too, where it still pays for the call).
+pub fn reserve_more(
+    lots: &mut [Lot],
+    earmarks: &[(String, i64)],
+    amount_minor: i64,
+    now: Timestamp,
+) -> Result<Vec<(String, i64)>> {
+    let added = reserve(lots, amount_minor, now)?;
+    let mut out = earmarks.to_vec();
+    for (lot_id, amount) in added {
+        match out.iter_mut().find(|(l, _)| *l == lot_id) {
+            Some((_, held)) => *held += amount,
+            None => out.push((lot_id, amount)),
+        }
+    }
+    sort_earmarks(lots, &mut out);
+    Ok(out)
+}
+
+/// Gives back up to `amount_minor` of a reservation's earmarks to the lots' available
+/// money, from the latest-expiring lot first. Earmarks on lots that have expired are
+/// kept: that money can pay for the call and nothing else, so it stays with the call
+/// until it settles. Returns the earmarks left and the amount given back.
+pub fn release(
+    lots: &mut [Lot],
+    earmarks: &[(String, i64)],
+    amount_minor: i64,
+    now: Timestamp,
+) -> Result<(Vec<(String, i64)>, i64)> {
+    if amount_minor < 0 {
+        return Err(err!(ErrorCode::Internal, "cannot release {amount_minor}"));
+    }
+    let mut out = earmarks.to_vec();
+    sort_earmarks(lots, &mut out);
+    let mut left = amount_minor;
+    for (lot_id, held) in out.iter_mut().rev() {
+        if left == 0 {
+            break;
+        }
+        let lot = lots
+            .iter_mut()
+            .find(|l| l.id == *lot_id)
+            .ok_or_else(|| err!(ErrorCode::Internal, "reservation refers to unknown lot {lot_id}"))?;
+        if lot.expired || lot.expires_at <= now {
+            continue;
+        }
+        let give = (*held).min(left);
+        *held -= give;
+        lot.reserved_minor -= give;
+        left -= give;
+    }
+    out.retain(|(_, a)| *a > 0);
+    Ok((out, amount_minor - left))
+}
+
+/// Orders earmarks the way their money is spent: the lot that expires first (so one
+/// already expired) first.
+fn sort_earmarks(lots: &[Lot], earmarks: &mut [(String, i64)]) {
+    let key = |id: &String| {
+        lots.iter()
+            .find(|l| &l.id == id)
+            .map(|l| (l.expires_at, l.purchased_at))
+            .unwrap_or((Timestamp::MAX, Timestamp::MAX))
+    };
+    earmarks.sort_by(|a, b| (key(&a.0), &a.0).cmp(&(key(&b.0), &b.0)));
+}
+
 /// What settling a reservation did to the lots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Settlement {
@@ -98,21 +167,26 @@ pub struct Settlement {
 }
 
 /// Settles `charge_minor` against the earmarks of one reservation and releases the rest.
+/// The charge is taken first-expiring first, so money on a lot that expired while the
+/// call was up pays before live money; only what the call did not use of an expired
+/// lot is written off.
 pub fn settle(lots: &mut [Lot], earmarks: &[(String, i64)], charge_minor: i64) -> Result<Settlement> {
     let held: i64 = earmarks.iter().map(|(_, a)| a).sum();
     if charge_minor < 0 || charge_minor > held {
         return Err(err!(ErrorCode::Internal, "charge {charge_minor} exceeds the {held} reserved"));
     }
+    let mut earmarks = earmarks.to_vec();
+    sort_earmarks(lots, &mut earmarks);
     let mut left = charge_minor;
     let mut s = Settlement::default();
-    for (lot_id, amount) in earmarks {
+    for (lot_id, amount) in &earmarks {
         let lot = lots
             .iter_mut()
             .find(|l| &l.id == lot_id)
             .ok_or_else(|| err!(ErrorCode::Internal, "reservation refers to unknown lot {lot_id}"))?;
         let take = left.min(*amount);
         left -= take;
-        lot.reserved_minor -= amount;
+        lot.reserved_minor -= *amount;
         lot.remaining_minor -= take;
         if take > 0 {
             s.charged.push((lot_id.clone(), take));
@@ -189,11 +263,38 @@ mod tests {
         assert_eq!(expire(&mut lots[0], after), None);
     }
 
+    #[test]
+    fn a_reservation_keeps_its_expired_earmarks_and_grows_on_live_lots() {
+        let mut lots = vec![
+            Lot::new("a".into(), 1000, ts("2025-01-01T00:00:00Z")).unwrap(),
+            Lot::new("b".into(), 1000, ts("2025-06-01T00:00:00Z")).unwrap(),
+        ];
+        let before = ts("2025-12-31T23:59:00Z");
+        let earmarks = reserve(&mut lots, 400, before).unwrap();
+        assert_eq!(earmarks, vec![("a".to_string(), 400)]);
+        let after = ts("2026-01-01T00:00:01Z");
+        assert_eq!(expire(&mut lots[0], after), Some(600));
+        // Growing adds only the increase, on the live lot; the expired earmark stays.
+        let grown = reserve_more(&mut lots, &earmarks, 100, after).unwrap();
+        assert_eq!(grown, vec![("a".to_string(), 400), ("b".to_string(), 100)]);
+        // Shrinking gives back live money, latest-expiring first, never the expired earmark.
+        let (kept, released) = release(&mut lots, &grown, 150, after).unwrap();
+        assert_eq!((kept.clone(), released), (vec![("a".to_string(), 400)], 100));
+        assert_eq!((lots[1].reserved_minor, lots[1].spendable(after)), (0, 1000));
+        // The expired earmark pays first; only its unused rest is written off.
+        let grown = reserve_more(&mut lots, &kept, 50, after).unwrap();
+        let reversed: Vec<_> = grown.iter().rev().cloned().collect();
+        let s = settle(&mut lots, &reversed, 420).unwrap();
+        assert_eq!(s.charged, vec![("a".to_string(), 400), ("b".to_string(), 20)]);
+        assert_eq!(s.written_off, Vec::<(String, i64)>::new());
+        assert_eq!((lots[0].remaining_minor, lots[1].remaining_minor, lots[1].reserved_minor), (0, 980, 0));
+    }
+
     proptest! {
         /// Any sequence of reserve/settle/expire keeps each lot's books exact:
         /// amount = remaining + charged + written off, and 0 <= reserved <= remaining.
         #[test]
-        fn lots_never_lose_or_double_count(ops in prop::collection::vec((0u8..3, 0i64..700, 0u32..400), 1..60)) {
+        fn lots_never_lose_or_double_count(ops in prop::collection::vec((0u8..5, 0i64..700, 0u32..400), 1..60)) {
             let start = ts("2025-01-01T00:00:00Z");
             let mut lots = vec![
                 Lot::new("a".into(), 1000, start).unwrap(),
@@ -207,6 +308,20 @@ mod tests {
                 now = now.checked_add(Span::new().hours(i64::from(days) * 6)).unwrap();
                 match op {
                     0 => if let Ok(e) = reserve(&mut lots, amount, now) { open.push(e) },
+                    3 => if let Some(e) = open.pop() {
+                        let expired_before: i64 = e.iter().filter(|(l, _)| lots.iter().any(|x| &x.id == l && x.expired)).map(|x| x.1).sum();
+                        let (kept, released) = release(&mut lots, &e, amount, now).unwrap();
+                        let held: i64 = e.iter().map(|x| x.1).sum();
+                        prop_assert_eq!(kept.iter().map(|x| x.1).sum::<i64>(), held - released);
+                        // Money on an expired lot stays with its reservation.
+                        let expired_after: i64 = kept.iter().filter(|(l, _)| lots.iter().any(|x| &x.id == l && x.expired)).map(|x| x.1).sum();
+                        prop_assert_eq!(expired_before, expired_after);
+                        open.push(kept);
+                    },
+                    4 => if let Some(e) = open.pop() {
+                        let grown = reserve_more(&mut lots, &e, amount, now);
+                        open.push(grown.unwrap_or(e));
+                    },
                     1 => if let Some(e) = open.pop() {
                         let held: i64 = e.iter().map(|x| x.1).sum();
                         let s = settle(&mut lots, &e, amount.min(held)).unwrap();

@@ -30,24 +30,27 @@ pub fn charge_minor(rate: &Rate, currency: Currency, seconds: u32) -> i64 {
 /// one increment fits.
 pub fn affordable_seconds(rate: &Rate, currency: Currency, budget_minor: i64, cap_seconds: u32) -> u32 {
     let inc = rate.increment_seconds.max(1);
-    let max_increments = u64::from(cap_seconds.max(1)).div_ceil(u64::from(inc));
+    // Whole increments that fit in a u32 of seconds: a cap near u32::MAX rounds down to
+    // the last whole increment instead of wrapping.
+    let max_increments = u64::from(cap_seconds.max(1)).div_ceil(u64::from(inc)).min(u64::from(u32::MAX / inc)).max(1);
     if budget_minor < charge_minor(rate, currency, inc) {
         return 0;
     }
-    if charge_minor(rate, currency, (max_increments * u64::from(inc)).min(u64::from(u32::MAX)) as u32) <= budget_minor {
-        return (max_increments * u64::from(inc)).min(u64::from(u32::MAX)) as u32;
+    let seconds = |increments: u64| u32::try_from(increments * u64::from(inc)).unwrap_or(u32::MAX);
+    if charge_minor(rate, currency, seconds(max_increments)) <= budget_minor {
+        return seconds(max_increments);
     }
     // Binary search on the number of increments: price is monotonic in duration.
     let (mut lo, mut hi) = (1u64, max_increments);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        if charge_minor(rate, currency, (mid * u64::from(inc)) as u32) <= budget_minor {
+        if charge_minor(rate, currency, seconds(mid)) <= budget_minor {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    (lo * u64::from(inc)) as u32
+    seconds(lo)
 }
 
 /// Plan minutes a duration consumes: whole minutes, rounded up.
@@ -108,6 +111,9 @@ mod tests {
         // cap not a multiple of the increment: rounded up to a whole increment
         assert_eq!(affordable_seconds(&r, usd(), 1_000, 90), 120);
         assert_eq!(affordable_seconds(&rate(0, "0", 60), usd(), 0, 300), 300);
+        // A cap at the top of the range stays a whole number of increments, unwrapped.
+        assert_eq!(affordable_seconds(&rate(0, "0", 60), usd(), 0, u32::MAX), u32::MAX / 60 * 60);
+        assert_eq!(affordable_seconds(&r, usd(), 30, u32::MAX), 120);
     }
 
     proptest! {

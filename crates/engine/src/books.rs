@@ -73,15 +73,6 @@ impl Books {
         Ok(b)
     }
 
-    /// The part of a reservation's earmarks that sits on lots already written off.
-    pub fn expired_share(&self, earmarks: &str) -> Result<i64> {
-        Ok(decode_earmarks(earmarks)?
-            .iter()
-            .filter(|(id, _)| self.lots.iter().any(|l| &l.id == id && l.expired))
-            .map(|(_, a)| a)
-            .sum())
-    }
-
     pub fn available(&self) -> i64 {
         self.account.balance_minor - self.account.reserved_minor
     }
@@ -154,6 +145,34 @@ impl Books {
         self.account.reserved_minor += amount;
         self.touch(e.iter().map(|(l, _)| l.clone()));
         Ok(encode_earmarks(&e))
+    }
+
+    /// Earmarks `amount` more for a reservation holding `earmarks`, on live lots; what it
+    /// held stays where it is, so money on a lot that expired since keeps paying for the
+    /// call. The caller has checked that `amount` is spendable.
+    pub fn reserve_more(&mut self, earmarks: &str, amount: i64, now: Timestamp) -> Result<String> {
+        if amount == 0 {
+            return Ok(earmarks.to_string());
+        }
+        let e = funds::reserve_more(&mut self.lots, &decode_earmarks(earmarks)?, amount, now)?;
+        self.account.reserved_minor = self
+            .account
+            .reserved_minor
+            .checked_add(amount)
+            .ok_or_else(|| err!(ErrorCode::AmountOverflow, "reserved money overflows"))?;
+        self.touch(e.iter().map(|(l, _)| l.clone()));
+        Ok(encode_earmarks(&e))
+    }
+
+    /// Gives back up to `amount` of a reservation's live money (the latest-expiring lot
+    /// first) to the available balance; earmarks on expired lots stay with the call.
+    /// Returns the earmarks left and the amount given back.
+    pub fn release(&mut self, earmarks: &str, amount: i64, now: Timestamp) -> Result<(String, i64)> {
+        let before = decode_earmarks(earmarks)?;
+        let (e, released) = funds::release(&mut self.lots, &before, amount, now)?;
+        self.touch(before.into_iter().map(|(l, _)| l));
+        self.account.reserved_minor -= released;
+        Ok((encode_earmarks(&e), released))
     }
 
     /// Charges `charge` against a reservation's earmarks and releases the rest.

@@ -222,7 +222,11 @@ pub(crate) fn prepare(
 }
 
 /// Grants `requested` seconds from what `priced` shows free, with `spendable` money.
-/// `own` is what the call itself already holds (minutes, money, spend), counted as free.
+/// `own` is what the call itself already holds (plan minutes, money): it is the call's
+/// whatever today's limits say, so it counts as free even when a pool shrank below it
+/// (a license removed), its money sits on a lot that has expired since, or the user's
+/// spend limit was lowered under it. Only what the call would take beyond it is
+/// subject to the pool, the live balance and the spend limit.
 pub(crate) fn decide(
     priced: &Priced,
     requested: u32,
@@ -231,13 +235,21 @@ pub(crate) fn decide(
 ) -> std::result::Result<Grant, DenyReason> {
     let route = priced.route.as_ref().ok_or(DenyReason::DestinationNotAllowed)?;
     let rate = priced.rate.as_ref().ok_or(DenyReason::DestinationNotAllowed)?;
-    let plan =
-        priced.pool.as_ref().map(|p| remaining_minutes(p.size, p.row.used_minutes, p.row.reserved_minutes - own.0));
+    let (own_minutes, own_minor) = own;
+    let plan = priced.pool.as_ref().map(|p| {
+        remaining_minutes(p.size, p.row.used_minutes, p.row.reserved_minutes.saturating_sub(own_minutes))
+            .max(own_minutes)
+    });
     let credits = route.credits.map(|()| CreditOffer {
         rate,
         currency: priced.currency,
-        available_minor: spendable + own.1,
-        spend_left_minor: priced.spend.as_ref().map(|(limit, s)| limit - s.spent_minor - (s.reserved_minor - own.1)),
+        available_minor: spendable.saturating_add(own_minor),
+        spend_left_minor: priced.spend.as_ref().map(|(limit, s)| {
+            limit
+                .saturating_sub(s.spent_minor)
+                .saturating_sub(s.reserved_minor.saturating_sub(own_minor))
+                .max(own_minor)
+        }),
     });
     charging::grant(requested, plan, credits)
 }
@@ -441,7 +453,7 @@ fn rate_of(res: &ReservationRow) -> Result<Option<Rate>> {
             name: res.rate_name.clone().unwrap_or_default(),
             connection_fee_minor: res.connection_fee_minor,
             per_minute: Decimal::from_str_exact(p).map_err(|e| internal(format!("stored rate '{p}': {e}")))?,
-            increment_seconds: res.increment_seconds as u32,
+            increment_seconds: stored_seconds(res.increment_seconds, "billing increment")?,
             premium: false,
         })),
         _ => Ok(None),
@@ -500,6 +512,63 @@ fn reprice(engine: &Engine, tx: &mut dyn Tx, org: &OrgRow, res: &ReservationRow)
     })
 }
 
+/// A stored count of seconds as the `u32` the protocol speaks; a row that does not fit
+/// is corrupt, reported as an internal error rather than truncated.
+fn stored_seconds(value: i64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| internal(format!("stored {what} {value} is out of range")))
+}
+
+/// The grant a reservation holds, as the core's decision and settlement see it.
+fn held_grant(res: &ReservationRow) -> Result<Grant> {
+    let granted_seconds = stored_seconds(res.granted_seconds, "granted seconds")?;
+    let mut g =
+        Grant { granted_seconds, plan_minutes: res.plan_minutes, credit_seconds: 0, money_minor: res.money_minor };
+    g.credit_seconds = granted_seconds - g.plan_seconds();
+    Ok(g)
+}
+
+/// Moves a call's reservation to `target`: pool minutes, money (only the increase is
+/// reserved, on live lots; a decrease gives back live money, the latest-expiring
+/// first, while money on expired lots stays to pay for the call) and the user's spend.
+fn move_reservation(
+    tx: &mut dyn Tx,
+    books: &mut Books,
+    priced: &mut Priced,
+    res: &mut ReservationRow,
+    target: &Grant,
+    now: Timestamp,
+) -> Result<()> {
+    let minutes_delta = target.plan_minutes - res.plan_minutes;
+    if minutes_delta != 0 {
+        let p = priced.pool.as_mut().ok_or_else(|| internal("a reservation holds plan minutes without its pool"))?;
+        p.row.reserved_minutes += minutes_delta;
+        tx.put_pool_usage(&p.row)?;
+    }
+    let held = res.money_minor;
+    let money = if target.money_minor > held {
+        res.earmarks = books.reserve_more(&res.earmarks, target.money_minor - held, now)?;
+        target.money_minor
+    } else if target.money_minor < held {
+        let (kept, released) = books.release(&res.earmarks, held - target.money_minor, now)?;
+        res.earmarks = kept;
+        held - released
+    } else {
+        held
+    };
+    if let Some(uid) = &res.user_id {
+        adjust_spend(tx, &books.org.org_id, uid, res.spend_month, money - held, 0)?;
+    }
+    res.granted_seconds = i64::from(target.granted_seconds);
+    res.plan_minutes = target.plan_minutes;
+    res.money_minor = money;
+    Ok(())
+}
+
+/// Reports usage and asks for more. Seconds already used are never taken back: the
+/// reservation never ends below `max(used, what it holds)` because of today's limits.
+/// Asking for no more than it holds shrinks it to what was asked for, paid the way it
+/// was granted (a part of what it holds); asking for more grows it only when more can
+/// be paid, and otherwise keeps everything and answers 0 seconds with the reason.
 pub(crate) fn update(
     engine: &Engine,
     tx: &mut dyn Tx,
@@ -518,9 +587,10 @@ pub(crate) fn update(
     if res.state != "pending" {
         return Err(err!(ErrorCode::CallAlreadyEnded, "call '{call_id}' has already ended ({})", res.state));
     }
-    let current = res.granted_seconds as u32;
+    let held = held_grant(&res)?;
+    let current = held.granted_seconds;
     // Usage is cumulative: a lower figure than already reported is ignored.
-    let used = used_seconds.max(res.used_seconds as u32).min(current);
+    let used = used_seconds.max(stored_seconds(res.used_seconds, "used seconds")?).min(current);
     res.used_seconds = i64::from(used);
     res.updated_at = now;
     let wanted = used.saturating_add(requested_seconds);
@@ -530,39 +600,35 @@ pub(crate) fn update(
     } else if requested_seconds > 0 {
         let org = books.org.clone();
         let mut priced = reprice(engine, tx, &org, &res)?;
-        let own_spendable = res.money_minor - books.expired_share(&res.earmarks)?;
-        let g = decide(&priced, wanted.max(1), books.spendable(now), (res.plan_minutes, own_spendable));
-        match g {
-            Ok(g) if g.granted_seconds > current || wanted <= current => {
-                // Move the reservation: release what it held, hold the new amounts.
-                if let Some(p) = priced.pool.as_mut() {
-                    p.row.reserved_minutes += g.plan_minutes - res.plan_minutes;
-                    tx.put_pool_usage(&p.row)?;
+        if wanted <= current {
+            let target = held.first(wanted, priced.rate.as_ref(), books.currency);
+            move_reservation(tx, &mut books, &mut priced, &mut res, &target, now)?;
+        } else {
+            match decide(&priced, wanted, books.spendable(now), (res.plan_minutes, res.money_minor)) {
+                Ok(g) if g.granted_seconds > current && g.plan_minutes >= res.plan_minutes => {
+                    move_reservation(tx, &mut books, &mut priced, &mut res, &g, now)?;
                 }
-                books.settle(tx, &res.earmarks, 0, call_id, now, String::new())?;
-                res.earmarks = books.reserve(g.money_minor, now)?;
-                if let Some(uid) = &res.user_id {
-                    adjust_spend(tx, org_id, uid, res.spend_month, g.money_minor - res.money_minor, 0)?;
-                }
-                res.granted_seconds = i64::from(g.granted_seconds);
-                res.plan_minutes = g.plan_minutes;
-                res.money_minor = g.money_minor;
+                Ok(_) => reason = Some(shortfall(&priced, books.spendable(now))),
+                Err(r) => reason = Some(r),
             }
-            Ok(_) => reason = Some(shortfall(&priced, books.spendable(now))),
-            Err(r) => reason = Some(r),
         }
         if reason == Some(DenyReason::InsufficientFunds) {
             books.after_change(tx, now, fx, true)?;
         }
     }
-    let total = res.granted_seconds as u32;
-    res.expires_at = now + jiff::SignedDuration::from_secs(i64::from(total - used) + engine.config.grace_seconds);
+    let total = stored_seconds(res.granted_seconds, "granted seconds")?;
+    let left = total
+        .checked_sub(used)
+        .ok_or_else(|| internal(format!("call {call_id} would hold {total} s with {used} s used")))?;
+    res.expires_at = now
+        .checked_add(jiff::SignedDuration::from_secs(i64::from(left) + engine.config.grace_seconds))
+        .map_err(|e| internal(format!("reservation expiry: {e}")))?;
     tx.update_reservation(&res)?;
     books.after_change(tx, now, fx, false)?;
     books.save(tx)?;
     Ok(UpdateView {
         call_id: call_id.into(),
-        granted_seconds: if reason.is_some() { 0 } else { total - used },
+        granted_seconds: if reason.is_some() { 0 } else { left },
         used_seconds: used,
         total_granted_seconds: total,
         reason: reason.map(|r| r.as_str().to_string()),
@@ -588,8 +654,9 @@ fn adjust_spend(tx: &mut dyn Tx, org_id: &str, user_id: &str, month: i32, reserv
     }
     let mut s =
         tx.get_user_spend(org_id, user_id, month)?.unwrap_or_else(|| UserSpendRow::empty(org_id, user_id, month));
-    s.reserved_minor += reserved;
-    s.spent_minor += spent;
+    let overflow = || err!(ErrorCode::AmountOverflow, "the monthly credits spend of user {user_id} overflows");
+    s.reserved_minor = s.reserved_minor.checked_add(reserved).ok_or_else(overflow)?;
+    s.spent_minor = s.spent_minor.checked_add(spent).ok_or_else(overflow)?;
     tx.put_user_spend(&s)
 }
 
@@ -632,7 +699,7 @@ pub(crate) fn timeout(
     if res.state != "pending" || res.expires_at > now {
         return Ok(Outcome::Count(0));
     }
-    let used = res.used_seconds as u32;
+    let used = stored_seconds(res.used_seconds, "used seconds")?;
     settle_call(engine, tx, &mut books, res, used, "expired", false, now, fx)?;
     books.save(tx)?;
     Ok(Outcome::Count(1))
@@ -653,13 +720,7 @@ fn settle_call(
 ) -> Result<EndView> {
     let org_id = books.org.org_id.clone();
     let rate = rate_of(&res)?;
-    let plan_cover = (res.plan_minutes * 60).min(res.granted_seconds);
-    let grant = Grant {
-        granted_seconds: res.granted_seconds as u32,
-        plan_minutes: res.plan_minutes,
-        credit_seconds: (res.granted_seconds - plan_cover) as u32,
-        money_minor: res.money_minor,
-    };
+    let grant = held_grant(&res)?;
     let s = charging::settle(&grant, rate.as_ref(), books.currency, duration);
     if let (Some(scope), Some(kind), Some(month)) = (&res.plan_scope, &res.plan_kind, res.plan_month) {
         let key = PoolKey { scope: PoolScope::parse(scope)?, kind: PoolKind::parse(kind)? };
@@ -724,7 +785,10 @@ fn settle_call(
         dest_country: res.dest_country.clone(),
         domestic: res.domestic,
         start_at: res.created_at,
-        end_at: res.created_at + jiff::SignedDuration::from_secs(i64::from(duration)),
+        end_at: res
+            .created_at
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(duration)))
+            .map_err(|e| err!(ErrorCode::InvalidInput, "a call of {duration} s ends beyond the calendar: {e}"))?,
         duration_seconds: i64::from(duration),
         charged_seconds: i64::from(s.charged_seconds),
         overrun_seconds: i64::from(s.overrun_seconds),

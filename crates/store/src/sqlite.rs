@@ -122,7 +122,16 @@ fn migrate(conn: &Connection) -> Result<()> {
 
 impl Store for SqliteStore {
     fn write(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let conn = self.writer.lock().map_err(|_| poisoned())?;
+        // A writer that panicked (a bug) poisons the lock and leaves its transaction
+        // open: roll that back and go on, so one bad command cannot stop every later
+        // write (call control included).
+        let conn = self.writer.lock().unwrap_or_else(|p| {
+            self.writer.clear_poison();
+            p.into_inner()
+        });
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK").map_err(e("roll back a panicked transaction"))?;
+        }
         conn.execute_batch("BEGIN IMMEDIATE").map_err(e("begin"))?;
         let mut tx = SqliteTx { conn: &conn, depth: 0 };
         match f(&mut tx) {
