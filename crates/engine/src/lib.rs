@@ -44,6 +44,13 @@ pub struct Config {
     pub expiring_notice_days: i64,
     /// Largest batch one `apply` accepts.
     pub max_batch: usize,
+    /// Seals webhook secrets at rest (`--secret-key`); without one, webhooks cannot be
+    /// added (those stored in clear before keep working).
+    pub secret_key: Option<delivery::SecretKey>,
+    /// Longest wait for the payment gateway on one charge; an order not answered by
+    /// then stays pending and the jobs charge it again (the gateway is idempotent on
+    /// the order id).
+    pub gateway_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -55,6 +62,8 @@ impl Default for Config {
             default_requested_seconds: 300,
             expiring_notice_days: 30,
             max_batch: 10_000,
+            secret_key: None,
+            gateway_timeout: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -262,10 +271,21 @@ pub enum Outcome {
     },
 }
 
-/// What commands leave for after the commit: recharge orders to send to the gateway.
+/// What commands leave for after the commit: orders to send to the gateway. Manual
+/// purchases are charged by the thread that placed them (its request waits for the
+/// answer); automatic recharges, placed by call control among others, go to the order
+/// worker so that no gateway call holds up the call writer.
 #[derive(Default)]
 pub(crate) struct Effects {
     pub orders: Vec<(String, String)>,
+    pub recharges: Vec<(String, String)>,
+}
+
+impl Effects {
+    fn absorb(&mut self, other: Effects) {
+        self.orders.extend(other.orders);
+        self.recharges.extend(other.recharges);
+    }
 }
 
 pub struct Engine {
@@ -273,6 +293,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     decks: RwLock<HashMap<(DeckKind, Currency), Arc<RateDeck>>>,
     gateway: Arc<dyn PaymentGateway>,
+    /// The order worker's queue, once [`Engine::start_order_worker`] ran.
+    order_queue: std::sync::OnceLock<std::sync::mpsc::SyncSender<books::QueuedOrder>>,
     pub config: Config,
 }
 
@@ -293,6 +315,7 @@ impl Engine {
             catalog: Arc::new(builtin::catalog()?),
             decks: RwLock::new(decks),
             gateway,
+            order_queue: std::sync::OnceLock::new(),
             config: Config::default(),
         };
         engine.reload_decks()?;
@@ -393,7 +416,7 @@ impl Engine {
                     match self.execute(tx, cmd, *now, &mut local) {
                         Ok(o) => {
                             tx.release_savepoint()?;
-                            effects.orders.extend(local.orders);
+                            effects.absorb(local);
                             deck_changed |= matches!(cmd, Command::ImportRates { .. });
                             results.push(Ok(o));
                         }
@@ -434,6 +457,9 @@ impl Engine {
             // The batch is committed whatever happens here: an order the gateway could
             // not be asked about stays pending and `jobs run` charges it later.
             let _ = self.charge_order(&org, &order, last);
+        }
+        for (org, order) in std::mem::take(&mut effects.recharges) {
+            self.charge_soon(org, order, last);
         }
         Ok(results)
     }
@@ -510,7 +536,7 @@ impl Engine {
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
             Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now, fx),
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
-            Command::AddWebhook { org, url } => admin::add_webhook(tx, org, url, now),
+            Command::AddWebhook { org, url } => admin::add_webhook(self, tx, org, url, now),
             Command::DeleteWebhook { org, webhook_id } => {
                 crate::org(tx, org)?;
                 if tx.delete_webhook(org, webhook_id)? {
@@ -593,7 +619,8 @@ impl Engine {
                 return Err(err!(conflict, "'{key}' was already used for a different request"));
             }
             let body = serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
-            return Ok(Outcome::Replayed { status: first.status as u16, body });
+            // Rows stored before answers were kept without secrets are scrubbed here.
+            return Ok(Outcome::Replayed { status: first.status as u16, body: views::without_secrets(body) });
         }
         tx.savepoint()?;
         let mut local = Effects::default();
@@ -601,12 +628,14 @@ impl Engine {
         match &result {
             Ok(_) => {
                 tx.release_savepoint()?;
-                fx.orders.extend(local.orders);
+                fx.absorb(local);
             }
             Err(e) if e.code == ErrorCode::StoreError => return result,
             Err(_) => tx.rollback_savepoint()?,
         }
         let (status, body) = views::respond(&result);
+        // A secret is shown once, in this answer: the stored copy says it is not shown again.
+        let body = views::without_secrets(body);
         if status < 500 {
             tx.put_idempotency(&commcredits_store::IdempotencyRow {
                 org_id: org.into(),

@@ -216,6 +216,9 @@ impl App {
         delivery: commcredits_engine::delivery::Delivery,
         options: &ServerOptions,
     ) -> Arc<App> {
+        // Automatic recharges placed by call control are charged on the order worker,
+        // never on the call writer's thread.
+        engine.start_order_worker();
         Arc::new(App {
             sessions: admin::session::Sessions::new(options.session_secret.as_deref()),
             delivery,
