@@ -911,6 +911,45 @@ mod tests {
     }
 
     #[test]
+    fn only_public_unicast_addresses_are_allowed() {
+        let refused = [
+            "0.0.0.0", "127.0.0.1", "127.1.2.3", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.0.1",
+            "169.254.1.1", "169.254.169.254", "100.64.0.1", "100.127.255.254", "224.0.0.1", "255.255.255.255",
+            "240.0.0.1", "192.0.0.8", "198.18.0.1", "::", "::1", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
+            "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1", "2002:7f00:1::",
+            "2001:db8::1", "fec0::1",
+        ];
+        for ip in refused {
+            assert!(!address_allowed(ip.parse().unwrap(), false), "{ip} allowed");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(address_allowed(ip.parse().unwrap(), false), "{ip} refused");
+        }
+        // The option for tests and closed networks opens private ranges, never metadata.
+        assert!(address_allowed("127.0.0.1".parse().unwrap(), true));
+        assert!(address_allowed("10.0.0.1".parse().unwrap(), true));
+        for ip in ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+            assert!(!address_allowed(ip.parse().unwrap(), true), "{ip} allowed");
+        }
+        assert_eq!(url_origin("https://u:p@hooks.example.com/x?token=1"), "https://hooks.example.com");
+        assert_eq!(url_origin("http://[::1]:8080/x"), "http://[::1]:8080");
+        assert!(resolve_webhook("ftp://example.com/", true).is_err());
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_and_context() {
+        let key = SecretKey::parse(&"ab".repeat(32)).unwrap();
+        let sealed = key.seal("o/w", "whsec_1").unwrap();
+        assert!(is_sealed(&sealed) && !sealed.contains("whsec_1"));
+        assert_eq!(key.open("o/w", &sealed).unwrap(), "whsec_1");
+        assert!(key.open("o/other", &sealed).is_err());
+        assert!(SecretKey::parse(&"cd".repeat(32)).unwrap().open("o/w", &sealed).is_err());
+        assert_ne!(key.seal("o/w", "whsec_1").unwrap(), sealed, "a fresh nonce each time");
+        assert!(SecretKey::parse("short").is_err());
+        assert_eq!(format!("{key:?}"), "SecretKey(***)");
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         let p = RetryPolicy::default();
         let d1 = p.delay(1).as_secs_f64();
