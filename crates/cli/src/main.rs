@@ -974,14 +974,17 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             out.report_written(rows, &output.display().to_string(), &format);
         }
         Verb::Webhook(v) => match v {
-            WebhookVerb::Add { org: o, url } => match {
+            WebhookVerb::Add { org: o, url } => {
                 use commcredits_engine::delivery::{HttpWebhooks, WebhookSender};
-                HttpWebhooks::new(allow_private).check(url.trim()).map_err(|m| Error::new(ErrorCode::InvalidInput, m))?;
-                e.apply_one(now, Command::AddWebhook { org: org(&o)?, url })?
-            } {
-                Outcome::Webhook(w) => out.new_webhook(&w),
-                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
-            },
+                // The address is resolved and checked before the command, outside the transaction.
+                HttpWebhooks::new(allow_private)
+                    .check(url.trim())
+                    .map_err(|m| Error::new(ErrorCode::InvalidInput, m))?;
+                match e.apply_one(now, Command::AddWebhook { org: org(&o)?, url })? {
+                    Outcome::Webhook(w) => out.new_webhook(&w),
+                    _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+                }
+            }
             WebhookVerb::List { org: o } => out.webhooks(&e.webhooks(&org(&o)?)?),
             WebhookVerb::Delete { org: o, id } => {
                 let oid = org(&o)?;

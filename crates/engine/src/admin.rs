@@ -431,7 +431,13 @@ pub(crate) fn add_agreement(tx: &mut dyn Tx, org_id: &str, agreement: &str, now:
     Ok(Outcome::Created { id })
 }
 
-pub(crate) fn add_webhook(engine: &Engine, tx: &mut dyn Tx, org_id: &str, url: &str, now: Timestamp) -> Result<Outcome> {
+pub(crate) fn add_webhook(
+    engine: &Engine,
+    tx: &mut dyn Tx,
+    org_id: &str,
+    url: &str,
+    now: Timestamp,
+) -> Result<Outcome> {
     org(tx, org_id)?;
     let url = url.trim();
     let ok = (url.starts_with("https://") || url.starts_with("http://"))
@@ -451,8 +457,7 @@ pub(crate) fn add_webhook(engine: &Engine, tx: &mut dyn Tx, org_id: &str, url: &
     let bytes: [u8; 32] = rand::random();
     let secret = format!("whsec_{}", hex::encode(bytes));
     let webhook_id = new_id();
-    let sealed =
-        crate::delivery::seal_webhook_secret(engine.config.secret_key.as_ref(), org_id, &webhook_id, &secret)?;
+    let sealed = crate::delivery::seal_webhook_secret(engine.config.secret_key.as_ref(), org_id, &webhook_id, &secret)?;
     let row = commcredits_store::WebhookRow {
         org_id: org_id.into(),
         webhook_id,

@@ -9,11 +9,11 @@
 //! drop the rare duplicate (a crash between sending and recording).
 
 use crate::{internal, new_id, Command, Engine, Outcome};
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use commcredits_core::money::Currency;
 use commcredits_core::{err, ErrorCode, Result, Timestamp};
 use commcredits_store::{DeliveryRow, NoticeRow, OrgRow, Tx, WebhookRow};
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -114,7 +114,10 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 fn is_metadata(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => a == Ipv4Addr::new(169, 254, 169, 254),
-        IpAddr::V6(a) => a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) || embedded_v4(a).is_some_and(|v4| is_metadata(IpAddr::V4(v4))),
+        IpAddr::V6(a) => {
+            a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || embedded_v4(a).is_some_and(|v4| is_metadata(IpAddr::V4(v4)))
+        }
     }
 }
 
@@ -398,7 +401,12 @@ fn secret_context(org_id: &str, webhook_id: &str) -> String {
 }
 
 /// Seals a new webhook's secret for storage; without a key, webhooks cannot be added.
-pub(crate) fn seal_webhook_secret(key: Option<&SecretKey>, org_id: &str, webhook_id: &str, secret: &str) -> Result<String> {
+pub(crate) fn seal_webhook_secret(
+    key: Option<&SecretKey>,
+    org_id: &str,
+    webhook_id: &str,
+    secret: &str,
+) -> Result<String> {
     let key = key.ok_or_else(|| {
         err!(
             ErrorCode::InvalidInput,
@@ -797,10 +805,8 @@ impl Engine {
 
     /// Claims, sends and records one delivery; None when it was not due any more.
     fn deliver_one(&self, now: Timestamp, d: &Delivery, org: &str, id: &str) -> Result<Option<Attempt>> {
-        let claimed = self.apply_one(
-            now,
-            Command::ClaimDelivery { org: org.into(), delivery_id: id.into(), lease: d.retry.lease },
-        )?;
+        let claimed = self
+            .apply_one(now, Command::ClaimDelivery { org: org.into(), delivery_id: id.into(), lease: d.retry.lease })?;
         let Outcome::Delivery(job) = claimed else { return Ok(None) };
         let result = match job.delivery.channel.as_str() {
             "email" => match &d.mailer {
@@ -913,11 +919,35 @@ mod tests {
     #[test]
     fn only_public_unicast_addresses_are_allowed() {
         let refused = [
-            "0.0.0.0", "127.0.0.1", "127.1.2.3", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.0.1",
-            "169.254.1.1", "169.254.169.254", "100.64.0.1", "100.127.255.254", "224.0.0.1", "255.255.255.255",
-            "240.0.0.1", "192.0.0.8", "198.18.0.1", "::", "::1", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
-            "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1", "2002:7f00:1::",
-            "2001:db8::1", "fec0::1",
+            "0.0.0.0",
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.0.1",
+            "169.254.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "fec0::1",
         ];
         for ip in refused {
             assert!(!address_allowed(ip.parse().unwrap(), false), "{ip} allowed");

@@ -551,7 +551,8 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
 
 /// The HTTP answer to a command's result: status and JSON body.
 /// What is said in place of a secret when an answer is replayed.
-pub const SECRET_NOT_SHOWN: &str = "the secret was shown once, in the first answer to this request; it is not shown again";
+pub const SECRET_NOT_SHOWN: &str =
+    "the secret was shown once, in the first answer to this request; it is not shown again";
 
 /// An answer as it may be stored and replayed: every `secret` field (a webhook's
 /// signing secret, a new API key) is replaced by null, with `secret_note` saying why.

@@ -592,8 +592,7 @@ fn redirects_are_not_followed_and_transport_errors_are_generic() {
     let e = engine();
     let now = Timestamp::now();
     let o = setup(&e, now);
-    let (inner, inner_log) =
-        answering("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".into());
+    let (inner, inner_log) = answering("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".into());
     let (outer, outer_log) = answering(format!(
         "HTTP/1.1 302 Found\r\nLocation: http://{inner}/healthz\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     ));
@@ -658,7 +657,8 @@ fn webhook_secrets_are_sealed_at_rest_and_clear_ones_keep_working() {
     // Without a key no webhook can be added.
     let keyless = common::engine();
     let o2 = setup(&keyless, now);
-    let err = keyless.apply_one(now, Command::AddWebhook { org: o2.id, url: "https://h.example/x".into() }).unwrap_err();
+    let err =
+        keyless.apply_one(now, Command::AddWebhook { org: o2.id, url: "https://h.example/x".into() }).unwrap_err();
     assert!(err.message.contains("--secret-key"), "{}", err.message);
 }
 
@@ -685,7 +685,10 @@ fn a_replayed_answer_never_shows_a_secret_again() {
     assert!(!body.to_string().contains(&first));
     // The same for an API key shown once.
     let key = e
-        .apply_one(now, idem("k2", Command::CreateKey { org: Some(o.id.clone()), role: "admin".into(), name: "x".into() }))
+        .apply_one(
+            now,
+            idem("k2", Command::CreateKey { org: Some(o.id.clone()), role: "admin".into(), name: "x".into() }),
+        )
         .unwrap();
     let commcredits_engine::Outcome::Key(k) = key else { panic!("{key:?}") };
     let stored = e.read(|tx| tx.get_idempotency(&o.id, "k2")).unwrap().unwrap();
@@ -815,7 +818,8 @@ fn re_arming_with_a_declined_card_places_one_failed_order_per_window() {
         )
         .unwrap();
     };
-    let failed = || e.orders(&o.id).unwrap().iter().filter(|x| x.kind == "auto_recharge" && x.status == "failed").count();
+    let failed =
+        || e.orders(&o.id).unwrap().iter().filter(|x| x.kind == "auto_recharge" && x.status == "failed").count();
     let notices = || e.notices(&o.id).unwrap().iter().filter(|n| n.kind == "recharge_failed").count();
     for minute in 0..10 {
         arm(now + jiff::SignedDuration::from_mins(minute));
@@ -837,7 +841,11 @@ struct SlowGateway {
 }
 
 impl commcredits_engine::payments::PaymentGateway for SlowGateway {
-    fn tokenize_card(&self, card: &CardInput, now: Timestamp) -> commcredits_core::Result<commcredits_engine::payments::CardToken> {
+    fn tokenize_card(
+        &self,
+        card: &CardInput,
+        now: Timestamp,
+    ) -> commcredits_core::Result<commcredits_engine::payments::CardToken> {
         commcredits_engine::payments::SandboxGateway.tokenize_card(card, now)
     }
 
@@ -900,7 +908,8 @@ fn a_slow_gateway_does_not_hold_up_call_control_and_the_order_lands_once() {
     });
     // Call control answers meanwhile (a refusal: no funds yet), for this organization too.
     let (e2, org, bob) = (e.clone(), o.id.clone(), o.bob.clone());
-    let refused = answered(move || auth(&e2, now, &org, "c1", "outbound", Some(&bob), "+442079460000", "+14155550100", None));
+    let refused =
+        answered(move || auth(&e2, now, &org, "c1", "outbound", Some(&bob), "+442079460000", "+14155550100", None));
     assert_eq!(refused.granted_seconds, 0);
     let orders = e.orders(&o.id).unwrap();
     assert_eq!(orders.len(), 1);

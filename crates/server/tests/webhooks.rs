@@ -212,4 +212,3 @@ async fn neither_the_server_key_nor_any_secret_is_logged() {
         assert!(!logs.contains(&text), "the {what} is in the logs");
     }
 }
-
