@@ -466,7 +466,11 @@ pub(crate) fn add_webhook(
         created_at: now,
     };
     tx.insert_webhook(&row)?;
-    Ok(Outcome::Webhook(crate::views::NewWebhook { webhook: crate::views::WebhookView::from(&row), secret }))
+    Ok(Outcome::Webhook(crate::views::NewWebhook {
+        webhook: crate::views::WebhookView::from(&row),
+        secret,
+        secret_note: None,
+    }))
 }
 
 #[cfg(test)]

@@ -489,6 +489,9 @@ pub struct NewWebhook {
     /// Idempotency-Key answers null and a `secret_note`.
     #[schema(value_type = Option<String>)]
     pub secret: String,
+    /// Only in a replay: why `secret` is null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
