@@ -1,6 +1,7 @@
 //! Webhooks over HTTP: outbound addresses are checked when a webhook is added, a
 //! replayed answer never shows the secret again, readers see URLs without their path,
-//! and neither the server key nor any secret reaches the logs.
+//! and neither the server key nor any secret reaches the logs. And the other outbound
+//! call the server makes, to the payment gateway, never holds up call control.
 
 use commcredits_core::Timestamp;
 use commcredits_engine::delivery::{self, Delivery, HttpWebhooks, SecretKey};
@@ -211,4 +212,132 @@ async fn neither_the_server_key_nor_any_secret_is_logged() {
     ] {
         assert!(!logs.contains(&text), "the {what} is in the logs");
     }
+}
+
+// ---------------------------------------------------------------- recharges off the call path
+
+/// The sandbox gateway, with charges that wait while `hold` is set.
+#[derive(Default)]
+struct SlowGateway {
+    hold: Mutex<bool>,
+    released: std::sync::Condvar,
+    charges: Mutex<usize>,
+}
+
+impl commcredits_engine::payments::PaymentGateway for SlowGateway {
+    fn tokenize_card(
+        &self,
+        card: &commcredits_engine::payments::CardInput,
+        now: Timestamp,
+    ) -> commcredits_core::Result<commcredits_engine::payments::CardToken> {
+        commcredits_engine::payments::SandboxGateway.tokenize_card(card, now)
+    }
+
+    fn charge(
+        &self,
+        order_id: &str,
+        amount_minor: i64,
+        currency: &str,
+        method: &commcredits_store::PaymentMethodRow,
+        now: Timestamp,
+    ) -> Result<String, commcredits_engine::payments::PaymentFailure> {
+        let mut hold = self.hold.lock().unwrap();
+        while *hold {
+            hold = self.released.wait(hold).unwrap();
+        }
+        drop(hold);
+        *self.charges.lock().unwrap() += 1;
+        commcredits_engine::payments::SandboxGateway.charge(order_id, amount_minor, currency, method, now)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_hangs_does_not_delay_authorize_answers_and_the_recharge_lands_once() {
+    let gateway = Arc::new(SlowGateway::default());
+    let store = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
+    let engine = Arc::new(Engine::with_gateway(Arc::new(store), gateway.clone()).unwrap());
+    let now = Timestamp::now();
+    let one = |c: Command| engine.apply_one(now, c).unwrap();
+    let id = |o: Outcome| match o {
+        Outcome::Created { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let org = id(one(Command::CreateOrg {
+        name: "Contoso".into(),
+        currency: "USD".into(),
+        country: "US".into(),
+        emails: vec![],
+    }));
+    let bob = id(one(Command::CreateUser {
+        org: org.clone(),
+        upn: "bob@contoso.com".into(),
+        display_name: "Bob".into(),
+        usage_location: "GB".into(),
+        phone_number: None,
+    }));
+    for sku in ["phone_system", "communications_credits"] {
+        one(Command::AddSubscription { org: org.clone(), sku: sku.into(), quantity: 1 });
+        one(Command::AssignLicense { org: org.clone(), sku: sku.into(), users: vec![bob.clone()] });
+    }
+    let card = commcredits_engine::payments::CardInput {
+        number: "4242424242424242".into(),
+        exp_month: 12,
+        exp_year: 2030,
+        holder: "Contoso".into(),
+    };
+    let token = engine.gateway().tokenize_card(&card, now).unwrap();
+    let card = id(one(Command::AddCard { org: org.clone(), token, holder: None }));
+    engine.purchase(&org, "50", &card, None, None, now).unwrap();
+    one(Command::SetAutoRecharge {
+        org: org.clone(),
+        enabled: true,
+        amount: Some("50".into()),
+        threshold: Some("45".into()),
+        payment_method_id: Some(card),
+    });
+    let switch = key_secret(one(Command::CreateKey { org: None, role: "call_control".into(), name: "switch".into() }));
+    let app = commcredits_server::App::new(engine.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = commcredits_server::router(app);
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    let client = reqwest::Client::new();
+    let authorize = |call_id: &str| {
+        let body = json!({"org_id": org, "call_id": call_id, "type": "outbound", "user_id": bob,
+                          "from": "+442079460000", "to": "+447400123456", "requested_seconds": 3600});
+        let req = client.post(format!("{base}/v1/calls/authorize")).bearer_auth(&switch).json(&body).send();
+        async move {
+            // The deadline only keeps a failing run from hanging.
+            let resp = tokio::time::timeout(std::time::Duration::from_secs(30), req)
+                .await
+                .expect("authorize waited for the payment gateway")
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    *gateway.hold.lock().unwrap() = true;
+    // This call takes the available balance below 45.00: a recharge is placed, and the
+    // gateway hangs on it. The call is answered all the same, and so is the next.
+    assert!(authorize("c1").await["granted_seconds"].as_u64().unwrap() > 0);
+    assert!(authorize("c2").await["granted_seconds"].as_u64().is_some());
+    let orders =
+        |e: &Engine| e.orders(&org).unwrap().into_iter().filter(|o| o.kind == "auto_recharge").collect::<Vec<_>>();
+    assert_eq!(orders(&engine).iter().map(|o| o.status.as_str()).collect::<Vec<_>>(), ["pending"]);
+    *gateway.hold.lock().unwrap() = false;
+    gateway.released.notify_all();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while orders(&engine)[0].status == "pending" {
+        assert!(std::time::Instant::now() < deadline, "the recharge was never charged");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.run_jobs(Timestamp::now()).unwrap()).await.unwrap();
+    let done = orders(&engine);
+    assert_eq!((done.len(), done[0].status.as_str()), (1, "succeeded"));
+    assert_eq!(engine.credits(&org).unwrap().balance, 10_000);
+    // One purchase and one recharge reached the gateway.
+    assert_eq!(*gateway.charges.lock().unwrap(), 2);
 }
