@@ -255,7 +255,10 @@ impl commcredits_engine::payments::PaymentGateway for SlowGateway {
 async fn a_gateway_that_hangs_does_not_delay_authorize_answers_and_the_recharge_lands_once() {
     let gateway = Arc::new(SlowGateway::default());
     let store = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
-    let engine = Arc::new(Engine::with_gateway(Arc::new(store), gateway.clone()).unwrap());
+    let mut engine = Engine::with_gateway(Arc::new(store), gateway.clone()).unwrap();
+    // Longer than the test's deadlines: a call that waited for the gateway would show.
+    engine.config.gateway_timeout = std::time::Duration::from_secs(600);
+    let engine = Arc::new(engine);
     let now = Timestamp::now();
     let one = |c: Command| engine.apply_one(now, c).unwrap();
     let id = |o: Outcome| match o {
@@ -308,12 +311,16 @@ async fn a_gateway_that_hangs_does_not_delay_authorize_answers_and_the_recharge_
         let body = json!({"org_id": org, "call_id": call_id, "type": "outbound", "user_id": bob,
                           "from": "+442079460000", "to": "+447400123456", "requested_seconds": 3600});
         let req = client.post(format!("{base}/v1/calls/authorize")).bearer_auth(&switch).json(&body).send();
+        let gateway = gateway.clone();
         async move {
-            // The deadline only keeps a failing run from hanging.
-            let resp = tokio::time::timeout(std::time::Duration::from_secs(30), req)
-                .await
-                .expect("authorize waited for the payment gateway")
-                .unwrap();
+            // The deadline only keeps a failing run from hanging: past it the gateway is
+            // let go (so the server can stop) and the test fails.
+            let Ok(resp) = tokio::time::timeout(std::time::Duration::from_secs(30), req).await else {
+                *gateway.hold.lock().unwrap() = false;
+                gateway.released.notify_all();
+                panic!("authorize waited for the payment gateway");
+            };
+            let resp = resp.unwrap();
             assert_eq!(resp.status().as_u16(), 200);
             resp.json::<Value>().await.unwrap()
         }
