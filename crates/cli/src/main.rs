@@ -64,6 +64,14 @@ struct Cli {
     /// Base URL of the admin pages, linked from e-mails.
     #[arg(long, global = true, env = "COMMCREDITS_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
     public_url: String,
+    /// Seals webhook signing secrets at rest: 64 hex digits (`openssl rand -hex 32`).
+    /// Without it webhooks cannot be added. Never printed or logged.
+    #[arg(long, global = true, env = "COMMCREDITS_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Let webhooks reach loopback and private addresses (tests, closed networks). Off:
+    /// only public internet addresses are allowed; metadata addresses never are.
+    #[arg(long, global = true, env = "COMMCREDITS_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
     /// Act as if the time were this RFC 3339 instant (for replaying and testing).
     #[arg(long, global = true, env = "COMMCREDITS_NOW", hide = true)]
     now: Option<String>,
@@ -694,10 +702,23 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Some(t) => parse_time("--now", t)?,
         None => Timestamp::now(),
     };
+    let secret_key = cli.secret_key.as_deref().map(commcredits_engine::delivery::SecretKey::parse).transpose()?;
+    let allow_private = cli.allow_private_webhooks;
     if let Verb::Serve { listen, demo, jobs_every, reservation_grace, session_secret, limits } = &cli.command {
-        let channels = delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url)?;
+        let channels = delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url, allow_private)?;
         let secret = session_secret.as_deref();
-        return serve(&cli.db, listen, *demo, *jobs_every, *reservation_grace, secret, limits, channels, now);
+        return serve(
+            &cli.db,
+            listen,
+            *demo,
+            *jobs_every,
+            *reservation_grace,
+            secret,
+            limits,
+            secret_key,
+            channels,
+            now,
+        );
     }
     if matches!(cli.command, Verb::Demo) {
         let engine = Engine::open(&cli.db)?;
@@ -705,7 +726,8 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         out.demo(&report);
         return Ok(ExitCode::SUCCESS);
     }
-    let engine = Engine::open(&cli.db)?;
+    let mut engine = Engine::open(&cli.db)?;
+    engine.config.secret_key = secret_key;
     let e = &engine;
     let org = |text: &str| -> Result<String> { Ok(e.resolve_org(text)?.org_id) };
     match cli.command {
@@ -969,7 +991,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         }
         Verb::Jobs(JobsVerb::Run) => {
             let jobs = e.run_jobs(now)?;
-            let sent = e.deliver_due(now, &delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url)?)?;
+            let sent = e.deliver_due(now, &delivery(&cli.smtp_url, &cli.mail_from, &cli.public_url, allow_private)?)?;
             out.jobs(&jobs, &sent);
         }
         Verb::Deliveries { org: o } => out.deliveries(&e.deliveries(&org(&o)?)?),
@@ -1037,10 +1059,17 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             out.report_written(rows, &output.display().to_string(), &format);
         }
         Verb::Webhook(v) => match v {
-            WebhookVerb::Add { org: o, url } => match e.apply_one(now, Command::AddWebhook { org: org(&o)?, url })? {
-                Outcome::Webhook(w) => out.new_webhook(&w),
-                _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
-            },
+            WebhookVerb::Add { org: o, url } => {
+                use commcredits_engine::delivery::{HttpWebhooks, WebhookSender};
+                // The address is resolved and checked before the command, outside the transaction.
+                HttpWebhooks::new(allow_private)
+                    .check(url.trim())
+                    .map_err(|m| Error::new(ErrorCode::InvalidInput, m))?;
+                match e.apply_one(now, Command::AddWebhook { org: org(&o)?, url })? {
+                    Outcome::Webhook(w) => out.new_webhook(&w),
+                    _ => return Err(err!(ErrorCode::Internal, "unexpected outcome")),
+                }
+            }
             WebhookVerb::List { org: o } => out.webhooks(&e.webhooks(&org(&o)?)?),
             WebhookVerb::Delete { org: o, id } => {
                 let oid = org(&o)?;
@@ -1048,7 +1077,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 out.webhooks(&e.webhooks(&oid)?);
             }
             WebhookVerb::Test { org: o, id } => {
-                e.test_webhook(&org(&o)?, &id, &commcredits_engine::delivery::HttpWebhooks::default(), now)?;
+                e.test_webhook(&org(&o)?, &id, &commcredits_engine::delivery::HttpWebhooks::new(allow_private), now)?;
                 out.done("the endpoint accepted the signed test event");
             }
         },
@@ -1095,12 +1124,16 @@ fn delivery(
     smtp_url: &Option<String>,
     mail_from: &str,
     public_url: &str,
+    allow_private_webhooks: bool,
 ) -> Result<commcredits_engine::delivery::Delivery> {
     let mailer: Option<std::sync::Arc<dyn commcredits_engine::delivery::Mailer>> = match smtp_url {
         Some(url) => Some(std::sync::Arc::new(commcredits_engine::delivery::SmtpMailer::new(url, mail_from)?)),
         None => None,
     };
-    Ok(commcredits_engine::delivery::Delivery::new(mailer, public_url))
+    Ok(commcredits_engine::delivery::Delivery {
+        webhooks: std::sync::Arc::new(commcredits_engine::delivery::HttpWebhooks::new(allow_private_webhooks)),
+        ..commcredits_engine::delivery::Delivery::new(mailer, public_url)
+    })
 }
 
 fn serve(
@@ -1111,6 +1144,7 @@ fn serve(
     grace_seconds: i64,
     session_secret: Option<&str>,
     limits: &LimitArgs,
+    secret_key: Option<commcredits_engine::delivery::SecretKey>,
     channels: commcredits_engine::delivery::Delivery,
     now: Timestamp,
 ) -> Result<ExitCode> {
@@ -1120,6 +1154,15 @@ fn serve(
         .init();
     let mut engine = Engine::open(db)?;
     engine.config.grace_seconds = grace_seconds.clamp(0, 3600);
+    if secret_key.is_none() {
+        eprintln!("No --secret-key: webhooks cannot be added (their secrets are kept encrypted).");
+    }
+    engine.config.secret_key = secret_key;
+    // Secrets stored in clear before keys existed are sealed now (they keep working either way).
+    let sealed = engine.seal_webhook_secrets()?;
+    if sealed > 0 {
+        eprintln!("Sealed {sealed} webhook secrets that were stored in clear.");
+    }
     let engine = std::sync::Arc::new(engine);
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| err!(ErrorCode::Internal, "cannot start the runtime: {e}"))?;

@@ -431,30 +431,45 @@ pub(crate) fn add_agreement(tx: &mut dyn Tx, org_id: &str, agreement: &str, now:
     Ok(Outcome::Created { id })
 }
 
-pub(crate) fn add_webhook(tx: &mut dyn Tx, org_id: &str, url: &str, now: Timestamp) -> Result<Outcome> {
+pub(crate) fn add_webhook(
+    engine: &Engine,
+    tx: &mut dyn Tx,
+    org_id: &str,
+    url: &str,
+    now: Timestamp,
+) -> Result<Outcome> {
     org(tx, org_id)?;
     let url = url.trim();
     let ok = (url.starts_with("https://") || url.starts_with("http://"))
         && url.len() <= 2000
-        && !url.contains(char::is_whitespace);
+        && !url.contains(|c: char| c.is_whitespace() || c.is_control());
     if !ok {
         return Err(err!(ErrorCode::InvalidInput, "a webhook URL is http:// or https:// and at most 2000 characters"));
+    }
+    // The address is checked (resolved) before the command, outside the transaction,
+    // and again before every delivery; here only the form.
+    if url.parse::<ureq::http::Uri>().map_or(true, |u| u.host().is_none_or(str::is_empty)) {
+        return Err(err!(ErrorCode::InvalidInput, "the webhook URL is not a valid URL with a host"));
     }
     if tx.list_webhooks(org_id)?.len() >= 20 {
         return Err(err!(ErrorCode::InvalidInput, "at most 20 webhooks per organization"));
     }
     let bytes: [u8; 32] = rand::random();
+    let secret = format!("whsec_{}", hex::encode(bytes));
+    let webhook_id = new_id();
+    let sealed = crate::delivery::seal_webhook_secret(engine.config.secret_key.as_ref(), org_id, &webhook_id, &secret)?;
     let row = commcredits_store::WebhookRow {
         org_id: org_id.into(),
-        webhook_id: new_id(),
+        webhook_id,
         url: url.into(),
-        secret: format!("whsec_{}", hex::encode(bytes)),
+        secret: sealed,
         created_at: now,
     };
     tx.insert_webhook(&row)?;
     Ok(Outcome::Webhook(crate::views::NewWebhook {
         webhook: crate::views::WebhookView::from(&row),
-        secret: row.secret.clone(),
+        secret,
+        secret_note: None,
     }))
 }
 

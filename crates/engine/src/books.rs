@@ -13,6 +13,17 @@ use commcredits_core::recharge::AutoRecharge;
 use commcredits_core::{err, ErrorCode, Result, Timestamp};
 use commcredits_store::{AccountRow, LedgerRow, LotRow, OrderRow, OrgRow, Tx};
 use serde_json::json;
+use std::sync::Arc;
+
+/// Orders the order worker's queue holds at most.
+pub const ORDER_QUEUE_BOUND: usize = 1024;
+
+/// An order waiting for the order worker.
+pub(crate) struct QueuedOrder {
+    org_id: String,
+    order_id: String,
+    now: Timestamp,
+}
 
 pub(crate) struct Books {
     pub org: OrgRow,
@@ -323,7 +334,13 @@ impl Books {
             )?;
         }
         let mut ar = self.auto_recharge();
-        if ar.observe(available, funds_added) {
+        let place = ar.observe(available, funds_added);
+        if place && recharge_held_back(tx, &org_id, now)? {
+            // Re-armed (or still armed) while a recharge is in flight or within the
+            // backoff after a failed one: the latch stays armed and nothing is placed;
+            // the first change of money after the window places the order.
+            ar.armed = true;
+        } else if place {
             let pm = ar.payment_method_id.clone().unwrap_or_default();
             let order = OrderRow {
                 org_id: org_id.clone(),
@@ -340,7 +357,7 @@ impl Books {
                 completed_at: None,
             };
             tx.insert_order(&order)?;
-            fx.orders.push((org_id.clone(), order.order_id));
+            fx.recharges.push((org_id.clone(), order.order_id));
         }
         self.account.ar_armed = ar.armed;
         Ok(())
@@ -376,6 +393,21 @@ impl Books {
         }
         tx.update_account(&self.account)
     }
+}
+
+/// After a failed automatic recharge, no other is placed for this long: re-arming
+/// auto-recharge with a card that keeps being declined makes one failed order (and
+/// one notice) per window, not one per request.
+pub const RECHARGE_FAILURE_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
+
+/// Whether an automatic recharge of `org_id` must wait: one is still pending (the
+/// gateway has not answered), or one failed less than [`RECHARGE_FAILURE_BACKOFF`] ago.
+fn recharge_held_back(tx: &mut dyn Tx, org_id: &str, now: Timestamp) -> Result<bool> {
+    let since = now.checked_sub(RECHARGE_FAILURE_BACKOFF).map_err(|e| internal(e.to_string()))?;
+    Ok(tx.list_orders(org_id)?.iter().any(|o| {
+        o.kind == "auto_recharge"
+            && (o.status == "pending" || (o.status == "failed" && o.completed_at.is_some_and(|at| at > since)))
+    }))
 }
 
 /// The error a failed order answers with: its failure reason as a stable code.
@@ -647,7 +679,9 @@ pub(crate) fn notify_expiring(
 
 impl Engine {
     /// Sends a pending order to the gateway (outside any transaction) and records the
-    /// result. Safe to repeat: a completed order is left as it is.
+    /// result. Safe to repeat: a completed order is left as it is. The gateway gets
+    /// `config.gateway_timeout`; an order it has not answered by then stays pending
+    /// (the jobs charge it again, and the gateway is idempotent on the order id).
     pub fn charge_order(&self, org_id: &str, order_id: &str, now: Timestamp) -> Result<OrderView> {
         let (order, pm) = self.read(|tx| {
             let o =
@@ -659,7 +693,16 @@ impl Engine {
             return Ok(OrderView::from(&order));
         }
         let result = match pm {
-            Some(pm) => self.gateway().charge(&order.order_id, order.amount_minor, &order.currency, &pm, now),
+            Some(pm) => {
+                match crate::payments::charge_with_timeout(&self.gateway, &order, pm, now, self.config.gateway_timeout)
+                {
+                    Some(r) => r,
+                    None => {
+                        tracing::warn!(org = %org_id, order = %order_id, "the payment gateway did not answer in time; the order stays pending");
+                        return Ok(OrderView::from(&order));
+                    }
+                }
+            }
             None => Err(PaymentFailure {
                 code: ErrorCode::PaymentMethodNotFound,
                 message: "the payment method no longer exists".into(),
@@ -670,6 +713,46 @@ impl Engine {
         {
             Outcome::Order(v) => Ok(v),
             _ => Err(internal("unexpected outcome")),
+        }
+    }
+
+    /// Starts the order worker: automatic recharges placed from now on are charged on
+    /// its thread, not on the thread that applied the batch (the call writer, for
+    /// call control). Its queue is bounded; an order that finds it full stays pending
+    /// for the jobs. The worker ends with the engine.
+    pub fn start_order_worker(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<QueuedOrder>(ORDER_QUEUE_BOUND);
+        if self.order_queue.set(tx).is_err() {
+            return;
+        }
+        let engine = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("order-worker".into()).spawn(move || {
+            while let Ok(q) = rx.recv() {
+                let Some(e) = engine.upgrade() else { return };
+                if let Err(err) = e.charge_order(&q.org_id, &q.order_id, q.now) {
+                    tracing::error!(org = %q.org_id, order = %q.order_id, "charging an order failed: {err}");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the order worker ({e}); recharges wait for the jobs");
+        }
+    }
+
+    /// Charges an automatic recharge: on the order worker when it runs, else at once.
+    pub(crate) fn charge_soon(&self, org_id: String, order_id: String, now: Timestamp) {
+        match self.order_queue.get() {
+            Some(queue) => {
+                if let Err(e) = queue.try_send(QueuedOrder { org_id, order_id, now }) {
+                    let q = match e {
+                        std::sync::mpsc::TrySendError::Full(q) | std::sync::mpsc::TrySendError::Disconnected(q) => q,
+                    };
+                    tracing::warn!(org = %q.org_id, order = %q.order_id, "the order queue is full; the jobs charge the order");
+                }
+            }
+            None => {
+                let _ = self.charge_order(&org_id, &order_id, now);
+            }
         }
     }
 

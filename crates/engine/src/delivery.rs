@@ -9,14 +9,17 @@
 //! drop the rare duplicate (a crash between sending and recording).
 
 use crate::{internal, new_id, Command, Engine, Outcome};
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use commcredits_core::money::Currency;
 use commcredits_core::{err, ErrorCode, Result, Timestamp};
 use commcredits_store::{DeliveryRow, NoticeRow, OrgRow, Tx, WebhookRow};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Header carrying a webhook's signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>` of
 /// `"<t>.<body>"` with the endpoint's secret.
@@ -40,6 +43,11 @@ pub trait Mailer: Send + Sync {
 }
 
 pub trait WebhookSender: Send + Sync {
+    /// Whether `url` may receive webhooks (checked when one is added); the text says
+    /// why not.
+    fn check(&self, _url: &str) -> std::result::Result<(), String> {
+        Ok(())
+    }
     /// POSTs `body`; Ok on a 2xx answer.
     fn post(&self, url: &str, headers: &[(String, String)], body: &str) -> std::result::Result<(), String>;
 }
@@ -92,34 +100,351 @@ impl Mailer for SmtpMailer {
     }
 }
 
-/// Webhooks over HTTP(S) with ureq (rustls), 10 s per attempt.
+/// What a webhook answer says when the endpoint's address is refused.
+pub const ADDRESS_REFUSED: &str =
+    "the webhook's host does not resolve to a public internet address (private, loopback, link-local and metadata addresses are refused)";
+/// What a webhook answer says for any failure to connect or send: the detail (which
+/// can tell an open port from a closed one) is logged on the server only.
+pub const UNREACHABLE: &str = "the endpoint could not be reached";
+
+/// Longest DNS lookup of a webhook's host.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cloud metadata services: refused even where private addresses are allowed.
+fn is_metadata(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a == Ipv4Addr::new(169, 254, 169, 254),
+        IpAddr::V6(a) => {
+            a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || embedded_v4(a).is_some_and(|v4| is_metadata(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped, IPv4-compatible, NAT64 or 6to4 IPv6 address:
+/// reaching it reaches the IPv4 host, so it is judged as that host.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && (s[6] != 0 || s[7] > 1))) {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    None
+}
+
+fn v4_public(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    let cgnat = o[0] == 100 && (o[1] & 0xc0) == 64;
+    let benchmarking = o[0] == 198 && (o[1] & 0xfe) == 18;
+    let ietf = o[0] == 192 && o[1] == 0 && o[2] == 0;
+    !(o[0] == 0
+        || a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || cgnat
+        || a.is_multicast()
+        || o[0] >= 240
+        || ietf
+        || benchmarking
+        || a.is_documentation())
+}
+
+fn v6_public(a: Ipv6Addr) -> bool {
+    if a.is_unspecified() || a.is_loopback() {
+        return false;
+    }
+    if let Some(v4) = embedded_v4(a) {
+        return v4_public(v4);
+    }
+    let s0 = a.segments()[0];
+    let unique_local = (s0 & 0xfe00) == 0xfc00;
+    let link_local = (s0 & 0xffc0) == 0xfe80;
+    let site_local = (s0 & 0xffc0) == 0xfec0;
+    let documentation = s0 == 0x2001 && a.segments()[1] == 0x0db8;
+    !(a.is_multicast() || unique_local || link_local || site_local || documentation)
+}
+
+/// Whether a webhook may be delivered to `ip`. Only public unicast addresses are,
+/// unless `allow_private` (a server option for tests and closed networks) lets
+/// loopback and private ranges through; metadata services never are.
+pub fn address_allowed(ip: IpAddr, allow_private: bool) -> bool {
+    if is_metadata(ip) {
+        return false;
+    }
+    allow_private
+        || match ip {
+            IpAddr::V4(a) => v4_public(a),
+            IpAddr::V6(a) => v6_public(a),
+        }
+}
+
+/// A webhook URL's scheme, host and port; refuses anything but absolute http(s) URLs.
+fn url_parts(url: &str) -> std::result::Result<(String, String, u16), String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|_| "the webhook URL is not a valid URL".to_string())?;
+    let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return Err("a webhook URL is http:// or https://".into()),
+    };
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| "the webhook URL has no host".to_string())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((scheme, host, uri.port_u16().unwrap_or(default_port)))
+}
+
+/// A URL reduced to its scheme and host (and port): what readers and logs see, since
+/// the path and query of a webhook URL often carry a credential.
+pub fn url_origin(url: &str) -> String {
+    match url_parts(url) {
+        Ok((scheme, host, port)) => {
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            let default = (scheme == "https" && port == 443) || (scheme == "http" && port == 80);
+            if default {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}:{port}")
+            }
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// Resolves a webhook URL's host and checks every address it resolves to. The
+/// addresses returned are the only ones the connection may use (pinned: a DNS answer
+/// that changes between this check and the connection changes nothing).
+pub fn resolve_webhook(url: &str, allow_private: bool) -> std::result::Result<Vec<SocketAddr>, String> {
+    let (_, host, port) = url_parts(url)?;
+    let mut addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let name = host.clone();
+            std::thread::Builder::new()
+                .name("webhook-dns".into())
+                .spawn(move || {
+                    let _ = tx.send((name.as_str(), port).to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+                })
+                .map_err(|_| UNREACHABLE.to_string())?;
+            match rx.recv_timeout(RESOLVE_TIMEOUT) {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tracing::warn!(host = %host, error = %e, "webhook host does not resolve");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(host = %host, "webhook host lookup timed out");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    // One refused address refuses the name: the connection could otherwise land on it.
+    if addrs.is_empty() || addrs.iter().any(|a| !address_allowed(a.ip(), allow_private)) {
+        tracing::warn!(host = %host, addresses = ?addrs, "webhook address refused");
+        return Err(ADDRESS_REFUSED.into());
+    }
+    addrs.truncate(16);
+    Ok(addrs)
+}
+
+/// Hands ureq the addresses [`resolve_webhook`] checked, and no others.
+#[derive(Debug)]
+struct PinnedResolver(Vec<SocketAddr>);
+
+impl ureq::unversioned::resolver::Resolver for PinnedResolver {
+    fn resolve(
+        &self,
+        _uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let mut out = self.empty();
+        for a in &self.0 {
+            out.push(*a);
+        }
+        if out.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(out)
+    }
+}
+
+/// Webhooks over HTTP(S) with ureq (rustls), 10 s per attempt. The host is resolved
+/// and checked before every attempt and the connection pinned to the checked
+/// addresses; no proxy from the environment, no redirects (a 3xx is a failed
+/// attempt); failures are answered with generic text and logged in detail.
 pub struct HttpWebhooks {
-    agent: ureq::Agent,
+    config: ureq::config::Config,
+    allow_private: bool,
 }
 
 impl Default for HttpWebhooks {
     fn default() -> Self {
+        HttpWebhooks::new(false)
+    }
+}
+
+impl HttpWebhooks {
+    /// `allow_private`: let webhooks reach loopback and private addresses (tests, closed
+    /// networks); metadata addresses stay refused.
+    pub fn new(allow_private: bool) -> HttpWebhooks {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
             .build();
-        HttpWebhooks { agent: config.into() }
+        HttpWebhooks { config, allow_private }
     }
 }
 
 impl WebhookSender for HttpWebhooks {
+    fn check(&self, url: &str) -> std::result::Result<(), String> {
+        resolve_webhook(url, self.allow_private).map(drop)
+    }
+
     fn post(&self, url: &str, headers: &[(String, String)], body: &str) -> std::result::Result<(), String> {
-        let mut req = self.agent.post(url).header("Content-Type", "application/json");
+        let addrs = resolve_webhook(url, self.allow_private)?;
+        let agent = ureq::Agent::with_parts(
+            self.config.clone(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            PinnedResolver(addrs),
+        );
+        let mut req = agent.post(url).header("Content-Type", "application/json");
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req.send(body).map_err(|e| e.to_string())?;
+        let resp = req.send(body).map_err(|e| {
+            tracing::warn!(endpoint = %url_origin(url), error = %e, "webhook delivery failed");
+            UNREACHABLE.to_string()
+        })?;
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             Ok(())
         } else {
             Err(format!("the endpoint answered {status}"))
         }
+    }
+}
+
+/// The server key that seals webhook secrets at rest (XChaCha20-Poly1305: random
+/// 192-bit nonces cannot collide in practice, so no nonce counter has to be kept).
+/// Given as 64 hex digits; never printed.
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(***)")
+    }
+}
+
+/// How a sealed secret starts; anything else is a clear-text secret from before keys.
+const SEALED_PREFIX: &str = "sealed:v1:";
+
+impl SecretKey {
+    /// Parses 64 hex digits (32 bytes), e.g. the output of `openssl rand -hex 32`.
+    pub fn parse(text: &str) -> Result<SecretKey> {
+        let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+            err!(ErrorCode::InvalidInput, "--secret-key must be 64 hex digits (32 bytes; `openssl rand -hex 32`)")
+        })?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes);
+        Ok(SecretKey(key))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(&self.0.into())
+    }
+
+    /// Seals `secret` bound to `context` (the webhook's organization and id), so a
+    /// sealed value copied onto another row does not open.
+    pub fn seal(&self, context: &str, secret: &str) -> Result<String> {
+        let nonce: [u8; 24] = rand::random();
+        let sealed = self
+            .cipher()
+            .encrypt(&XNonce::from(nonce), Payload { msg: secret.as_bytes(), aad: context.as_bytes() })
+            .map_err(|_| internal("sealing a secret failed"))?;
+        Ok(format!("{SEALED_PREFIX}{}{}", hex::encode(nonce), hex::encode(sealed)))
+    }
+
+    /// Opens what [`SecretKey::seal`] made for `context`.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<String> {
+        let bad = || err!(ErrorCode::Internal, "a sealed secret does not open with this server's --secret-key");
+        let raw = hex::decode(sealed.strip_prefix(SEALED_PREFIX).ok_or_else(bad)?).map_err(|_| bad())?;
+        if raw.len() < 24 {
+            return Err(bad());
+        }
+        let (nonce, body) = raw.split_at(24);
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| bad())?;
+        let clear = self
+            .cipher()
+            .decrypt(&XNonce::from(nonce), Payload { msg: body, aad: context.as_bytes() })
+            .map_err(|_| bad())?;
+        String::from_utf8(clear).map_err(|_| bad())
+    }
+}
+
+/// Whether a stored webhook secret is sealed (not clear text).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(SEALED_PREFIX)
+}
+
+fn secret_context(org_id: &str, webhook_id: &str) -> String {
+    format!("webhook-secret/{org_id}/{webhook_id}")
+}
+
+/// Seals a new webhook's secret for storage; without a key, webhooks cannot be added.
+pub(crate) fn seal_webhook_secret(
+    key: Option<&SecretKey>,
+    org_id: &str,
+    webhook_id: &str,
+    secret: &str,
+) -> Result<String> {
+    let key = key.ok_or_else(|| {
+        err!(
+            ErrorCode::InvalidInput,
+            "webhook secrets are kept encrypted: the server needs a key (--secret-key or COMMCREDITS_SECRET_KEY) before webhooks can be added"
+        )
+    })?;
+    key.seal(&secret_context(org_id, webhook_id), secret)
+}
+
+/// A webhook's signing secret in clear: opened with the key, or as stored when it was
+/// written before secrets were sealed.
+pub fn webhook_secret(key: Option<&SecretKey>, w: &WebhookRow) -> Result<String> {
+    if !is_sealed(&w.secret) {
+        return Ok(w.secret.clone());
+    }
+    let key = key.ok_or_else(|| {
+        err!(ErrorCode::Internal, "webhook secrets are sealed: the server needs its --secret-key to sign deliveries")
+    })?;
+    key.open(&secret_context(&w.org_id, &w.webhook_id), &w.secret)
+}
+
+/// How many deliveries run at once and how much of a round one organization may take.
+#[derive(Clone, Debug)]
+pub struct DeliveryLimits {
+    /// Deliveries sent at the same time (one organization's go one after another).
+    pub workers: usize,
+    /// Deliveries taken in one round, in all.
+    pub per_round: usize,
+    /// Deliveries of one organization taken in one round.
+    pub per_org_per_round: usize,
+    /// After this long on one organization's deliveries in a round, the rest of them
+    /// wait for the next round.
+    pub per_org_time: Duration,
+}
+
+impl Default for DeliveryLimits {
+    fn default() -> Self {
+        DeliveryLimits { workers: 8, per_round: 200, per_org_per_round: 20, per_org_time: Duration::from_secs(30) }
     }
 }
 
@@ -164,6 +489,7 @@ pub struct Delivery {
     /// Base URL of the admin pages, for links in e-mails.
     pub public_url: String,
     pub retry: RetryPolicy,
+    pub limits: DeliveryLimits,
 }
 
 impl Delivery {
@@ -173,6 +499,7 @@ impl Delivery {
             webhooks: Arc::new(HttpWebhooks::default()),
             public_url: public_url.trim_end_matches('/').to_string(),
             retry: RetryPolicy::default(),
+            limits: DeliveryLimits::default(),
         }
     }
 }
@@ -406,56 +733,140 @@ pub fn verify(secret: &str, header: &str, body: &str, now_unix: i64, tolerance_s
     mac.verify_slice(&v1).is_ok()
 }
 
-fn webhook_headers(w: &WebhookRow, notice_id: &str, body: &str, now: Timestamp) -> Vec<(String, String)> {
-    vec![(SIGNATURE_HEADER.into(), sign(&w.secret, now.as_second(), body)), (NOTICE_HEADER.into(), notice_id.into())]
+fn webhook_headers(secret: &str, notice_id: &str, body: &str, now: Timestamp) -> Vec<(String, String)> {
+    vec![(SIGNATURE_HEADER.into(), sign(secret, now.as_second(), body)), (NOTICE_HEADER.into(), notice_id.into())]
+}
+
+/// What became of one delivery attempt.
+enum Attempt {
+    Sent,
+    Retrying,
+    Failed,
 }
 
 impl Engine {
-    /// Sends every due delivery once (bounded), recording each result.
+    /// Sends due deliveries once, recording each result. Up to `limits.workers` are
+    /// sent at once; one organization's deliveries go one after another on one worker,
+    /// at most `limits.per_org_per_round` of them and for at most
+    /// `limits.per_org_time`, so a slow endpoint or a flood of notices of one
+    /// organization delays its own notices, not everyone's.
     pub fn deliver_due(&self, now: Timestamp, d: &Delivery) -> Result<DeliveryReport> {
-        let mut report = DeliveryReport::default();
         // Without a mailer, e-mails wait; only webhooks are taken.
         let channel = if d.mailer.is_some() { None } else { Some("webhook") };
-        let due = self.read(|tx| tx.due_deliveries(now, channel, 200))?;
+        let per_org = d.limits.per_org_per_round.max(1);
+        let due = self.read(|tx| tx.due_deliveries(now, channel, d.limits.per_round.max(1), per_org))?;
+        // One queue entry per organization, the most overdue first.
+        let mut by_org: Vec<(String, Vec<String>)> = Vec::new();
         for (org, id) in due {
-            let claimed = self.apply_one(
-                now,
-                Command::ClaimDelivery { org: org.clone(), delivery_id: id.clone(), lease: d.retry.lease },
-            )?;
-            let Outcome::Delivery(job) = claimed else { continue };
-            let result = match job.delivery.channel.as_str() {
-                "email" => match &d.mailer {
-                    Some(m) => {
-                        render_email(&job, &d.public_url).map_err(|e| e.message).and_then(|email| m.send(&email))
-                    }
-                    None => continue,
-                },
-                _ => match &job.webhook {
-                    Some(w) => {
-                        let body = webhook_body(&job.notice);
-                        d.webhooks.post(&w.url, &webhook_headers(w, &job.notice.notice_id, &body, now), &body)
-                    }
-                    None => Err("the webhook was deleted".into()),
-                },
-            };
-            let attempts = job.delivery.attempts + 1;
-            match &result {
-                Ok(()) => report.sent += 1,
-                Err(_) if attempts >= d.retry.max_attempts => report.failed += 1,
-                Err(_) => report.retrying += 1,
+            match by_org.iter_mut().find(|(o, _)| *o == org) {
+                Some((_, ids)) => ids.push(id),
+                None => by_org.push((org, vec![id])),
             }
-            self.apply_one(
-                now,
-                Command::RecordDelivery {
-                    org,
-                    delivery_id: id,
-                    error: result.err(),
-                    retry_in: d.retry.delay(attempts),
-                    max_attempts: d.retry.max_attempts,
-                },
-            )?;
         }
-        Ok(report)
+        let workers = d.limits.workers.clamp(1, 64).min(by_org.len());
+        let queue = Mutex::new(std::collections::VecDeque::from(by_org));
+        let report = Mutex::new(DeliveryReport::default());
+        let failure: Mutex<Option<commcredits_core::Error>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let Some((org, ids)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    for id in ids {
+                        if started.elapsed() >= d.limits.per_org_time {
+                            break;
+                        }
+                        match self.deliver_one(now, d, &org, &id) {
+                            Ok(Some(a)) => {
+                                let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                                match a {
+                                    Attempt::Sent => r.sent += 1,
+                                    Attempt::Retrying => r.retrying += 1,
+                                    Attempt::Failed => r.failed += 1,
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        Ok(report.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Claims, sends and records one delivery; None when it was not due any more.
+    fn deliver_one(&self, now: Timestamp, d: &Delivery, org: &str, id: &str) -> Result<Option<Attempt>> {
+        let claimed = self
+            .apply_one(now, Command::ClaimDelivery { org: org.into(), delivery_id: id.into(), lease: d.retry.lease })?;
+        let Outcome::Delivery(job) = claimed else { return Ok(None) };
+        let result = match job.delivery.channel.as_str() {
+            "email" => match &d.mailer {
+                Some(m) => render_email(&job, &d.public_url).map_err(|e| e.message).and_then(|email| m.send(&email)),
+                None => return Ok(None),
+            },
+            _ => match &job.webhook {
+                Some(w) => match webhook_secret(self.config.secret_key.as_ref(), w) {
+                    Ok(secret) => {
+                        let body = webhook_body(&job.notice);
+                        d.webhooks.post(&w.url, &webhook_headers(&secret, &job.notice.notice_id, &body, now), &body)
+                    }
+                    Err(e) => {
+                        tracing::error!(webhook = %w.webhook_id, "{}", e.message);
+                        Err("the webhook's secret cannot be read by this server".into())
+                    }
+                },
+                None => Err("the webhook was deleted".into()),
+            },
+        };
+        let attempts = job.delivery.attempts + 1;
+        let attempt = match &result {
+            Ok(()) => Attempt::Sent,
+            Err(_) if attempts >= d.retry.max_attempts => Attempt::Failed,
+            Err(_) => Attempt::Retrying,
+        };
+        self.apply_one(
+            now,
+            Command::RecordDelivery {
+                org: org.into(),
+                delivery_id: id.into(),
+                error: result.err(),
+                retry_in: d.retry.delay(attempts),
+                max_attempts: d.retry.max_attempts,
+            },
+        )?;
+        Ok(Some(attempt))
+    }
+
+    /// Rewrites clear-text webhook secrets (stored before secrets were sealed) sealed
+    /// with the server key; answers how many. Without a key, nothing changes.
+    pub fn seal_webhook_secrets(&self) -> Result<usize> {
+        let Some(key) = self.config.secret_key.clone() else { return Ok(0) };
+        let mut sealed = 0;
+        self.store().write(&mut |tx| {
+            sealed = 0;
+            for o in tx.list_orgs()? {
+                for mut w in tx.list_webhooks(&o.org_id)? {
+                    if is_sealed(&w.secret) {
+                        continue;
+                    }
+                    w.secret = key.seal(&secret_context(&w.org_id, &w.webhook_id), &w.secret)?;
+                    tx.delete_webhook(&w.org_id, &w.webhook_id)?;
+                    tx.insert_webhook(&w)?;
+                    sealed += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(sealed)
     }
 
     /// Sends a test event to one webhook now and answers whether it was accepted.
@@ -484,8 +895,9 @@ impl Engine {
             status: "sent".into(),
         };
         let body = webhook_body(&notice);
+        let secret = webhook_secret(self.config.secret_key.as_ref(), &w)?;
         sender
-            .post(&w.url, &webhook_headers(&w, &notice.notice_id, &body, now), &body)
+            .post(&w.url, &webhook_headers(&secret, &notice.notice_id, &body, now), &body)
             .map_err(|e| err!(ErrorCode::WebhookFailed, "the endpoint did not accept the test event: {e}"))
     }
 }
@@ -502,6 +914,69 @@ mod tests {
         assert!(!verify("whsec_y", &h, "{\"a\":1}", 1_700_000_010, 300));
         assert!(!verify("whsec_x", &h, "{\"a\":1}", 1_700_001_000, 300));
         assert!(!verify("whsec_x", "garbage", "{\"a\":1}", 1_700_000_000, 300));
+    }
+
+    #[test]
+    fn only_public_unicast_addresses_are_allowed() {
+        let refused = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.0.1",
+            "169.254.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "fec0::1",
+        ];
+        for ip in refused {
+            assert!(!address_allowed(ip.parse().unwrap(), false), "{ip} allowed");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(address_allowed(ip.parse().unwrap(), false), "{ip} refused");
+        }
+        // The option for tests and closed networks opens private ranges, never metadata.
+        assert!(address_allowed("127.0.0.1".parse().unwrap(), true));
+        assert!(address_allowed("10.0.0.1".parse().unwrap(), true));
+        for ip in ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+            assert!(!address_allowed(ip.parse().unwrap(), true), "{ip} allowed");
+        }
+        assert_eq!(url_origin("https://u:p@hooks.example.com/x?token=1"), "https://hooks.example.com");
+        assert_eq!(url_origin("http://[::1]:8080/x"), "http://[::1]:8080");
+        assert!(resolve_webhook("ftp://example.com/", true).is_err());
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_and_context() {
+        let key = SecretKey::parse(&"ab".repeat(32)).unwrap();
+        let sealed = key.seal("o/w", "whsec_1").unwrap();
+        assert!(is_sealed(&sealed) && !sealed.contains("whsec_1"));
+        assert_eq!(key.open("o/w", &sealed).unwrap(), "whsec_1");
+        assert!(key.open("o/other", &sealed).is_err());
+        assert!(SecretKey::parse(&"cd".repeat(32)).unwrap().open("o/w", &sealed).is_err());
+        assert_ne!(key.seal("o/w", "whsec_1").unwrap(), sealed, "a fresh nonce each time");
+        assert!(SecretKey::parse("short").is_err());
+        assert_eq!(format!("{key:?}"), "SecretKey(***)");
     }
 
     #[test]

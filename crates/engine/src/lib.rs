@@ -56,6 +56,13 @@ pub struct Config {
     /// and no second denial record (the retry of a lost answer). Later, the same call id
     /// is decided again.
     pub denial_replay_ms: i64,
+    /// Seals webhook secrets at rest (`--secret-key`); without one, webhooks cannot be
+    /// added (those stored in clear before keep working).
+    pub secret_key: Option<delivery::SecretKey>,
+    /// Longest wait for the payment gateway on one charge; an order not answered by
+    /// then stays pending and the jobs charge it again (the gateway is idempotent on
+    /// the order id).
+    pub gateway_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -70,6 +77,8 @@ impl Default for Config {
             idempotency_ttl_seconds: 24 * 3600,
             claim_lease_seconds: 120,
             denial_replay_ms: 1_000,
+            secret_key: None,
+            gateway_timeout: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -315,10 +324,21 @@ pub enum Outcome {
     },
 }
 
-/// What commands leave for after the commit: recharge orders to send to the gateway.
+/// What commands leave for after the commit: orders to send to the gateway. Manual
+/// purchases are charged by the thread that placed them (its request waits for the
+/// answer); automatic recharges, placed by call control among others, go to the order
+/// worker so that no gateway call holds up the call writer.
 #[derive(Default)]
 pub(crate) struct Effects {
     pub orders: Vec<(String, String)>,
+    pub recharges: Vec<(String, String)>,
+}
+
+impl Effects {
+    fn absorb(&mut self, other: Effects) {
+        self.orders.extend(other.orders);
+        self.recharges.extend(other.recharges);
+    }
 }
 
 pub struct Engine {
@@ -326,6 +346,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     decks: RwLock<HashMap<(DeckKind, Currency), Arc<RateDeck>>>,
     gateway: Arc<dyn PaymentGateway>,
+    /// The order worker's queue, once [`Engine::start_order_worker`] ran.
+    order_queue: std::sync::OnceLock<std::sync::mpsc::SyncSender<books::QueuedOrder>>,
     pub config: Config,
 }
 
@@ -346,6 +368,7 @@ impl Engine {
             catalog: Arc::new(builtin::catalog()?),
             decks: RwLock::new(decks),
             gateway,
+            order_queue: std::sync::OnceLock::new(),
             config: Config::default(),
         };
         engine.reload_decks()?;
@@ -446,7 +469,7 @@ impl Engine {
                     match self.execute(tx, cmd, *now, &mut local) {
                         Ok(o) => {
                             tx.release_savepoint()?;
-                            effects.orders.extend(local.orders);
+                            effects.absorb(local);
                             deck_changed |= matches!(cmd, Command::ImportRates { .. });
                             results.push(Ok(o));
                         }
@@ -487,6 +510,9 @@ impl Engine {
             // The batch is committed whatever happens here: an order the gateway could
             // not be asked about stays pending and `jobs run` charges it later.
             let _ = self.charge_order(&org, &order, last);
+        }
+        for (org, order) in std::mem::take(&mut effects.recharges) {
+            self.charge_soon(org, order, last);
         }
         Ok(results)
     }
@@ -572,7 +598,7 @@ impl Engine {
             Command::ExpireLot { org, lot_id } => books::expire_lot(self, tx, org, lot_id, now, fx),
             Command::NotifyExpiring { org, lot_id } => books::notify_expiring(self, tx, org, lot_id, now, fx),
             Command::OpenPools { org } => jobs::open_pools(self, tx, org, now),
-            Command::AddWebhook { org, url } => admin::add_webhook(tx, org, url, now),
+            Command::AddWebhook { org, url } => admin::add_webhook(self, tx, org, url, now),
             Command::DeleteWebhook { org, webhook_id } => {
                 crate::org(tx, org)?;
                 if tx.delete_webhook(org, webhook_id)? {
@@ -704,7 +730,7 @@ impl Engine {
         match &result {
             Ok(_) => {
                 tx.release_savepoint()?;
-                fx.orders.extend(local.orders);
+                fx.absorb(local);
             }
             Err(e) if e.code == ErrorCode::StoreError => return result,
             Err(_) => tx.rollback_savepoint()?,
@@ -718,6 +744,8 @@ impl Engine {
                 (call_decision_kept_for(status, &body, ttl, denial), Some(call_id.clone()))
             }
         };
+        // A secret is shown once, in this answer: the stored copy says it is not shown again.
+        let body = views::without_secrets(body);
         match kept_for {
             Some(d) => tx.put_idempotency(&commcredits_store::IdempotencyRow {
                 org_id: org.into(),
@@ -783,7 +811,8 @@ fn check_key(key: &str) -> Result<()> {
 
 fn replay(first: &commcredits_store::IdempotencyRow) -> Result<Outcome> {
     let body = serde_json::from_str(&first.body).map_err(|e| internal(format!("stored answer: {e}")))?;
-    Ok(Outcome::Replayed { status: first.status as u16, body })
+    // Rows stored before answers were kept without secrets are scrubbed here.
+    Ok(Outcome::Replayed { status: first.status as u16, body: views::without_secrets(body) })
 }
 
 /// `now + d`, checked: a configured duration that overflows time is an error, not a panic.

@@ -2,7 +2,10 @@
 //! an opaque token, and only brand, last 4, expiry, holder and the token are stored.
 
 use commcredits_core::{err, ErrorCode, Result, Timestamp};
-use commcredits_store::PaymentMethodRow;
+use commcredits_store::{OrderRow, PaymentMethodRow};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A card as typed by an admin. Lives only as long as the request.
 #[derive(Clone)]
@@ -49,6 +52,42 @@ pub trait PaymentGateway: Send + Sync {
         method: &PaymentMethodRow,
         now: Timestamp,
     ) -> std::result::Result<String, PaymentFailure>;
+}
+
+/// Gateway calls that may be outstanding at once in this process. A call that does not
+/// answer within its timeout keeps its thread until the gateway returns; past this
+/// many such calls, orders are left pending (for the jobs) instead of piling up threads.
+pub const MAX_OUTSTANDING_CHARGES: usize = 16;
+
+static OUTSTANDING_CHARGES: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks the gateway to charge `order`, waiting at most `timeout`. None: no answer in
+/// time (or too many calls outstanding): the order stays pending and is charged again
+/// later, which the gateway's idempotency on the order id makes safe.
+pub fn charge_with_timeout(
+    gateway: &Arc<dyn PaymentGateway>,
+    order: &OrderRow,
+    method: PaymentMethodRow,
+    now: Timestamp,
+    timeout: Duration,
+) -> Option<std::result::Result<String, PaymentFailure>> {
+    if OUTSTANDING_CHARGES.fetch_add(1, Ordering::SeqCst) >= MAX_OUTSTANDING_CHARGES {
+        OUTSTANDING_CHARGES.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let gateway = gateway.clone();
+    let (order_id, amount_minor, currency) = (order.order_id.clone(), order.amount_minor, order.currency.clone());
+    let spawned = std::thread::Builder::new().name("gateway-charge".into()).spawn(move || {
+        let result = gateway.charge(&order_id, amount_minor, &currency, &method, now);
+        OUTSTANDING_CHARGES.fetch_sub(1, Ordering::SeqCst);
+        let _ = tx.send(result);
+    });
+    if spawned.is_err() {
+        OUTSTANDING_CHARGES.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    rx.recv_timeout(timeout).ok()
 }
 
 /// Parses `MM/YYYY` (or `MM/YY`).

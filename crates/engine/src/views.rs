@@ -485,7 +485,13 @@ impl From<&WebhookRow> for WebhookView {
 pub struct NewWebhook {
     #[serde(flatten)]
     pub webhook: WebhookView,
+    /// The signing secret, in the first answer only: a replay with the same
+    /// Idempotency-Key answers null and a `secret_note`.
+    #[schema(value_type = Option<String>)]
     pub secret: String,
+    /// Only in a replay: why `secret` is null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -547,6 +553,30 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
 }
 
 /// The HTTP answer to a command's result: status and JSON body.
+/// What is said in place of a secret when an answer is replayed.
+pub const SECRET_NOT_SHOWN: &str =
+    "the secret was shown once, in the first answer to this request; it is not shown again";
+
+/// An answer as it may be stored and replayed: every `secret` field (a webhook's
+/// signing secret, a new API key) is replaced by null, with `secret_note` saying why.
+pub fn without_secrets(mut body: serde_json::Value) -> serde_json::Value {
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.get("secret").is_some_and(|s| !s.is_null()) {
+                    map.insert("secret".into(), serde_json::Value::Null);
+                    map.insert("secret_note".into(), SECRET_NOT_SHOWN.into());
+                }
+                map.values_mut().for_each(scrub);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    scrub(&mut body);
+    body
+}
+
 pub fn respond(result: &commcredits_core::Result<crate::Outcome>) -> (u16, serde_json::Value) {
     use crate::Outcome;
     match result {

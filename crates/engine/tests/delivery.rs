@@ -16,6 +16,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The engine of these tests: with a secret key (webhook secrets are sealed).
+fn engine() -> Engine {
+    let mut e = common::engine();
+    e.config.secret_key = Some(test_key());
+    e
+}
+
+fn test_key() -> delivery::SecretKey {
+    delivery::SecretKey::parse(&"7c".repeat(32)).unwrap()
+}
+
+/// Real HTTP webhooks that may reach this machine (`--allow-private-webhooks`).
+fn local_delivery() -> Delivery {
+    Delivery { webhooks: Arc::new(delivery::HttpWebhooks::new(true)), ..Delivery::new(None, "x") }
+}
+
 #[derive(Default)]
 struct FakeMail {
     sent: Mutex<Vec<Email>>,
@@ -156,6 +172,7 @@ fn every_notice_goes_out_once_by_email_and_signed_webhook() {
         webhooks: hooks.clone(),
         public_url: "https://cc.example".into(),
         retry: quick_retry(),
+        limits: Default::default(),
     };
     let r = e.deliver_due(now, &d).unwrap();
     let notices = e.notices(&o.id).unwrap();
@@ -204,6 +221,7 @@ fn outages_are_retried_with_backoff_then_marked_failed() {
         webhooks: Arc::new(FakeHooks::default()),
         public_url: "x".into(),
         retry: quick_retry(),
+        limits: Default::default(),
     };
     let r = e.deliver_due(now, &d).unwrap();
     assert_eq!((r.sent, r.retrying), (0, 1));
@@ -338,6 +356,7 @@ fn a_real_smtp_server_receives_each_notice_once_even_after_an_outage() {
         webhooks: Arc::new(FakeHooks::default()),
         public_url: "https://cc.example".into(),
         retry: quick_retry(),
+        limits: Default::default(),
     };
     // The SMTP server is down while the events happen and at the first attempt.
     let r = e.deliver_due(now, &d).unwrap();
@@ -418,11 +437,12 @@ fn webhooks_are_signed_and_a_tampered_body_is_rejected() {
         other => panic!("{other:?}"),
     };
     *secret.lock().unwrap() = w.secret.clone();
+    // The receiver is on loopback: allowed by the option tests and closed networks use.
+    let d = local_delivery();
     // The test event over real HTTP.
-    e.test_webhook(&o.id, &w.webhook.id, &delivery::HttpWebhooks::default(), now).unwrap();
+    e.test_webhook(&o.id, &w.webhook.id, &delivery::HttpWebhooks::new(true), now).unwrap();
     // A real notice.
     auth(&e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
-    let d = Delivery::new(None, "x");
     assert_eq!(e.deliver_due(now, &d).unwrap().sent, 1);
     let entries = log.lock().unwrap().clone();
     assert_eq!(entries.len(), 2);
@@ -450,7 +470,7 @@ fn webhooks_are_signed_and_a_tampered_body_is_rejected() {
     assert_eq!(send(&tampered), "400");
     // A wrong secret or a receiver that refuses: the test send says so.
     *secret.lock().unwrap() = "whsec_other".into();
-    let err = e.test_webhook(&o.id, &w.webhook.id, &delivery::HttpWebhooks::default(), now).unwrap_err();
+    let err = e.test_webhook(&o.id, &w.webhook.id, &delivery::HttpWebhooks::new(true), now).unwrap_err();
     assert_eq!(err.code, commcredits_core::ErrorCode::WebhookFailed);
     assert_eq!(log.lock().unwrap().last().unwrap().0, 400);
 }
@@ -480,6 +500,7 @@ fn a_worker_that_dies_mid_send_leaves_the_delivery_to_the_next_after_its_lease()
         webhooks: Arc::new(FakeHooks::default()),
         public_url: "x".into(),
         retry: quick_retry(),
+        limits: Default::default(),
     };
     // While the lease holds, nobody else sends it.
     assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(4), &d).unwrap().sent, 0);
@@ -487,4 +508,443 @@ fn a_worker_that_dies_mid_send_leaves_the_delivery_to_the_next_after_its_lease()
     assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(6), &d).unwrap().sent, 1);
     assert_eq!(e.deliver_due(now + jiff::SignedDuration::from_secs(60), &d).unwrap().sent, 0);
     assert_eq!(mail.sent.lock().unwrap().len(), 1);
+}
+
+// ----------------------------------------------------------------- outbound addresses
+
+/// A receiver that answers every request with `answer` and logs each request line.
+fn answering(answer: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut len = 0usize;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            seen.lock().unwrap().push(first.trim().to_string());
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    (addr, log)
+}
+
+fn add_hook(e: &Engine, now: Timestamp, org: &str, url: &str) -> commcredits_engine::views::NewWebhook {
+    match e.apply_one(now, Command::AddWebhook { org: org.into(), url: url.into() }).unwrap() {
+        commcredits_engine::Outcome::Webhook(w) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn loopback_webhooks_are_refused_at_add_and_send_time_without_the_option() {
+    let e = engine();
+    let now = Timestamp::now();
+    let o = setup(&e, now);
+    let (addr, log) = answering("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into());
+    let strict = delivery::HttpWebhooks::default();
+    let url = format!("http://{addr}/hook");
+    // Add time: the check the API and the CLI run before the command.
+    assert_eq!(strict.check(&url), Err(delivery::ADDRESS_REFUSED.to_string()));
+    for bad in [
+        "http://localhost:9/x",
+        "http://[::1]:9/x",
+        "http://[::ffff:127.0.0.1]:9/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.7/x",
+        "http://user:pw@192.168.1.1/x",
+    ] {
+        assert_eq!(strict.check(bad), Err(delivery::ADDRESS_REFUSED.to_string()), "{bad}");
+    }
+    // Metadata stays refused even with private addresses allowed.
+    assert!(delivery::HttpWebhooks::new(true).check("http://169.254.169.254/").is_err());
+    assert!(delivery::HttpWebhooks::new(true).check(&url).is_ok());
+    // Send time: a webhook stored earlier (or whose name now resolves to loopback) is
+    // not sent; the receiver sees nothing and the error says why, generically.
+    let w = add_hook(&e, now, &o.id, &url);
+    auth(&e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+    let d = Delivery { webhooks: Arc::new(strict), ..Delivery::new(None, "x") };
+    assert_eq!(e.deliver_due(now, &d).unwrap().retrying, 1);
+    let err = e.test_webhook(&o.id, &w.webhook.id, &*d.webhooks, now).unwrap_err();
+    assert_eq!(err.code, commcredits_core::ErrorCode::WebhookFailed);
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+    let hook = e.deliveries(&o.id).unwrap().into_iter().find(|d| d.channel == "webhook").unwrap();
+    assert_eq!(hook.last_error.as_deref(), Some(delivery::ADDRESS_REFUSED));
+}
+
+#[test]
+fn redirects_are_not_followed_and_transport_errors_are_generic() {
+    let e = engine();
+    let now = Timestamp::now();
+    let o = setup(&e, now);
+    let (inner, inner_log) = answering("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".into());
+    let (outer, outer_log) = answering(format!(
+        "HTTP/1.1 302 Found\r\nLocation: http://{inner}/healthz\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ));
+    let redirecting = add_hook(&e, now, &o.id, &format!("http://{outer}/hook"));
+    let d = local_delivery();
+    let err = e.test_webhook(&o.id, &redirecting.webhook.id, &*d.webhooks, now).unwrap_err();
+    assert!(err.message.contains("answered 302"), "{}", err.message);
+    assert_eq!(outer_log.lock().unwrap().len(), 1);
+    assert!(inner_log.lock().unwrap().is_empty(), "the redirect was followed: {:?}", inner_log.lock().unwrap());
+    // A closed port and a port that answers garbage read the same: no oracle for
+    // which internal ports are open.
+    let closed = add_hook(&e, now, &o.id, &format!("http://127.0.0.1:{}/x", free_port()));
+    let (garbage, _) = answering("SSH-2.0-OpenSSH_9.6\r\n".into());
+    let talking = add_hook(&e, now, &o.id, &format!("http://{garbage}/x"));
+    for w in [&closed, &talking] {
+        let err = e.test_webhook(&o.id, &w.webhook.id, &*d.webhooks, now).unwrap_err();
+        assert_eq!(err.message, format!("the endpoint did not accept the test event: {}", delivery::UNREACHABLE));
+    }
+}
+
+#[test]
+fn webhook_secrets_are_sealed_at_rest_and_clear_ones_keep_working() {
+    let e = engine();
+    let now = Timestamp::now();
+    let o = setup(&e, now);
+    let secret = Arc::new(Mutex::new(String::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let addr = receiver(secret.clone(), log.clone());
+    let w = add_hook(&e, now, &o.id, &format!("http://{addr}/new"));
+    let stored = e.read(|tx| tx.get_webhook(&o.id, &w.webhook.id)).unwrap().unwrap();
+    assert!(delivery::is_sealed(&stored.secret), "{}", stored.secret);
+    assert!(!stored.secret.contains(&w.secret[6..]));
+    *secret.lock().unwrap() = w.secret.clone();
+    let d = local_delivery();
+    e.test_webhook(&o.id, &w.webhook.id, &*d.webhooks, now).unwrap();
+    // A sealed secret copied onto another webhook does not open there.
+    let mut moved = stored.clone();
+    moved.webhook_id = "other".into();
+    assert!(delivery::webhook_secret(Some(&test_key()), &moved).is_err());
+    // A secret written in clear before keys existed still signs, and is sealed on start.
+    let legacy = commcredits_store::WebhookRow {
+        org_id: o.id.clone(),
+        webhook_id: "legacy".into(),
+        url: format!("http://{addr}/old"),
+        secret: "whsec_legacy".into(),
+        created_at: now,
+    };
+    e.store()
+        .write(&mut |tx| {
+            tx.delete_webhook(&o.id, &w.webhook.id)?;
+            tx.insert_webhook(&legacy)
+        })
+        .unwrap();
+    *secret.lock().unwrap() = "whsec_legacy".into();
+    e.test_webhook(&o.id, "legacy", &*d.webhooks, now).unwrap();
+    assert_eq!(e.seal_webhook_secrets().unwrap(), 1);
+    assert_eq!(e.seal_webhook_secrets().unwrap(), 0);
+    let resealed = e.read(|tx| tx.get_webhook(&o.id, "legacy")).unwrap().unwrap();
+    assert!(delivery::is_sealed(&resealed.secret) && !resealed.secret.contains("legacy"));
+    e.test_webhook(&o.id, "legacy", &*d.webhooks, now).unwrap();
+    assert!(log.lock().unwrap().iter().all(|(status, _)| *status == 204));
+    // Without a key no webhook can be added.
+    let keyless = common::engine();
+    let o2 = setup(&keyless, now);
+    let err =
+        keyless.apply_one(now, Command::AddWebhook { org: o2.id, url: "https://h.example/x".into() }).unwrap_err();
+    assert!(err.message.contains("--secret-key"), "{}", err.message);
+}
+
+#[test]
+fn a_replayed_answer_never_shows_a_secret_again() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    let idem = |key: &str, inner: Command| Command::Idempotent {
+        org: o.id.clone(),
+        key: key.into(),
+        fingerprint: "f".into(),
+        conflict: commcredits_core::ErrorCode::IdempotencyKeyReused,
+        inner: Box::new(inner),
+        keep: commcredits_engine::Keep::Answer,
+    };
+    let add = || Command::AddWebhook { org: o.id.clone(), url: "https://hooks.example/x".into() };
+    let first = add_secret(e.apply_one(now, idem("k1", add())).unwrap());
+    let id = e.webhooks(&o.id).unwrap()[0].id.clone();
+    e.apply_one(now, Command::DeleteWebhook { org: o.id.clone(), webhook_id: id }).unwrap();
+    let replay = e.apply_one(now, idem("k1", add())).unwrap();
+    let commcredits_engine::Outcome::Replayed { status, body } = replay else { panic!("{replay:?}") };
+    assert_eq!(status, 201);
+    assert!(body["secret"].is_null() && body["secret_note"].as_str().unwrap().contains("not shown again"), "{body}");
+    assert!(!body.to_string().contains(&first));
+    // The same for an API key shown once.
+    let key = e
+        .apply_one(
+            now,
+            idem("k2", Command::CreateKey { org: Some(o.id.clone()), role: "admin".into(), name: "x".into() }),
+        )
+        .unwrap();
+    let commcredits_engine::Outcome::Key(k) = key else { panic!("{key:?}") };
+    let stored = e.read(|tx| tx.get_idempotency(&o.id, "k2")).unwrap().unwrap();
+    assert!(!stored.body.contains(&k.secret), "{}", stored.body);
+    let stored = e.read(|tx| tx.get_idempotency(&o.id, "k1")).unwrap().unwrap();
+    assert!(!stored.body.contains(&first) && !stored.body.contains("whsec_"), "{}", stored.body);
+}
+
+fn add_secret(o: commcredits_engine::Outcome) -> String {
+    match o {
+        commcredits_engine::Outcome::Webhook(w) => w.secret,
+        other => panic!("{other:?}"),
+    }
+}
+
+// ----------------------------------------------------------------- fair, concurrent rounds
+
+/// Records every POST; those to URLs containing "slow" wait until `open`.
+#[derive(Default)]
+struct GatedHooks {
+    posted: Mutex<Vec<String>>,
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl WebhookSender for GatedHooks {
+    fn post(&self, url: &str, _headers: &[(String, String)], _body: &str) -> Result<(), String> {
+        if url.contains("slow") {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        self.posted.lock().unwrap().push(url.into());
+        Ok(())
+    }
+}
+
+fn refused_call(e: &Engine, now: Timestamp, o: &Org) {
+    auth(e, now, &o.id, "broke", "outbound", Some(&o.bob), "+442079460000", "+14155550100", None);
+}
+
+#[test]
+fn one_organizations_backlog_does_not_fill_a_round() {
+    let e = engine();
+    let start = t("2026-11-02T09:00:00Z");
+    let busy = setup(&e, start);
+    for i in 0..3 {
+        add_hook(&e, start, &busy.id, &format!("https://busy.example/{i}"));
+    }
+    refused_call(&e, start, &busy);
+    let later = start + jiff::SignedDuration::from_secs(1);
+    let quiet = setup(&e, later);
+    add_hook(&e, later, &quiet.id, "https://quiet.example/");
+    refused_call(&e, later, &quiet);
+    let hooks = Arc::new(FakeHooks::default());
+    let limits = delivery::DeliveryLimits { per_round: 3, per_org_per_round: 2, ..Default::default() };
+    let d = Delivery { webhooks: hooks.clone(), limits, ..Delivery::new(None, "x") };
+    // Three due for the busy organization (older) and one for the quiet one: the round
+    // takes two of the busy ones and the quiet one.
+    assert_eq!(e.deliver_due(later, &d).unwrap().sent, 3);
+    let posted: Vec<String> = hooks.posted.lock().unwrap().iter().map(|(u, _, _)| u.clone()).collect();
+    assert!(posted.contains(&"https://quiet.example/".to_string()), "{posted:?}");
+    assert_eq!(posted.iter().filter(|u| u.contains("busy")).count(), 2);
+    assert_eq!(e.deliver_due(later, &d).unwrap().sent, 1);
+}
+
+#[test]
+fn a_slow_endpoint_delays_only_its_own_organization() {
+    let e = Arc::new(engine());
+    let start = t("2026-11-02T09:00:00Z");
+    let slow = setup(&e, start);
+    add_hook(&e, start, &slow.id, "https://slow.example/");
+    refused_call(&e, start, &slow);
+    let later = start + jiff::SignedDuration::from_secs(1);
+    let fast = setup(&e, later);
+    add_hook(&e, later, &fast.id, "https://fast.example/");
+    refused_call(&e, later, &fast);
+    let hooks = Arc::new(GatedHooks::default());
+    let d = Delivery { webhooks: hooks.clone(), ..Delivery::new(None, "x") };
+    let round = {
+        let (e, d) = (e.clone(), d.clone());
+        std::thread::spawn(move || e.deliver_due(later, &d).unwrap())
+    };
+    // The slow organization's delivery is the older one and hangs; the other one is
+    // sent meanwhile. (The deadline only keeps a failing run from hanging.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !hooks.posted.lock().unwrap().iter().any(|u| u.contains("fast")) {
+        assert!(std::time::Instant::now() < deadline, "the fast organization waited behind the slow one");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    *hooks.open.lock().unwrap() = true;
+    hooks.opened.notify_all();
+    assert_eq!(round.join().unwrap().sent, 2);
+}
+
+// ----------------------------------------------------------------- recharges
+
+#[test]
+fn re_arming_with_a_declined_card_places_one_failed_order_per_window() {
+    let e = engine();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    let token = e
+        .gateway()
+        .tokenize_card(
+            &CardInput {
+                number: commcredits_engine::payments::CARD_DECLINED.into(),
+                exp_month: 12,
+                exp_year: 2030,
+                holder: "x".into(),
+            },
+            now,
+        )
+        .unwrap();
+    let declined = created(e.apply_one(now, Command::AddCard { org: o.id.clone(), token, holder: None }).unwrap());
+    let arm = |at: Timestamp| {
+        e.apply_one(
+            at,
+            Command::SetAutoRecharge {
+                org: o.id.clone(),
+                enabled: true,
+                amount: Some("50".into()),
+                threshold: Some("10".into()),
+                payment_method_id: Some(declined.clone()),
+            },
+        )
+        .unwrap();
+    };
+    let failed =
+        || e.orders(&o.id).unwrap().iter().filter(|x| x.kind == "auto_recharge" && x.status == "failed").count();
+    let notices = || e.notices(&o.id).unwrap().iter().filter(|n| n.kind == "recharge_failed").count();
+    for minute in 0..10 {
+        arm(now + jiff::SignedDuration::from_mins(minute));
+    }
+    assert_eq!((failed(), notices()), (1, 1));
+    // The settings were stored all the same.
+    assert!(e.credits(&o.id).unwrap().auto_recharge.enabled);
+    // After the window the latch, still armed, places the next order at the next change.
+    arm(now + jiff::SignedDuration::from_mins(16));
+    assert_eq!((failed(), notices()), (2, 2));
+}
+
+/// The sandbox, with charges that wait while `hold` is set.
+#[derive(Default)]
+struct SlowGateway {
+    hold: Mutex<bool>,
+    released: std::sync::Condvar,
+    charges: Mutex<Vec<String>>,
+}
+
+impl commcredits_engine::payments::PaymentGateway for SlowGateway {
+    fn tokenize_card(
+        &self,
+        card: &CardInput,
+        now: Timestamp,
+    ) -> commcredits_core::Result<commcredits_engine::payments::CardToken> {
+        commcredits_engine::payments::SandboxGateway.tokenize_card(card, now)
+    }
+
+    fn charge(
+        &self,
+        order_id: &str,
+        amount_minor: i64,
+        currency: &str,
+        method: &commcredits_store::PaymentMethodRow,
+        now: Timestamp,
+    ) -> Result<String, commcredits_engine::payments::PaymentFailure> {
+        let mut hold = self.hold.lock().unwrap();
+        while *hold {
+            hold = self.released.wait(hold).unwrap();
+        }
+        drop(hold);
+        self.charges.lock().unwrap().push(order_id.into());
+        commcredits_engine::payments::SandboxGateway.charge(order_id, amount_minor, currency, method, now)
+    }
+}
+
+impl SlowGateway {
+    fn release(&self) {
+        *self.hold.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+}
+
+/// Runs `f` on another thread and answers its result, failing if it takes longer than
+/// a generous deadline (a call stuck behind the gateway).
+fn answered<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(Duration::from_secs(30)).expect("the call waited for the payment gateway")
+}
+
+#[test]
+fn a_slow_gateway_does_not_hold_up_call_control_and_the_order_lands_once() {
+    let gateway = Arc::new(SlowGateway::default());
+    let store = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
+    let e = Arc::new(Engine::with_gateway(Arc::new(store), gateway.clone()).unwrap());
+    e.start_order_worker();
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    *gateway.hold.lock().unwrap() = true;
+    // Arming auto-recharge below the threshold places an order; the gateway hangs.
+    let (e2, org, card) = (e.clone(), o.id.clone(), o.card.clone());
+    answered(move || {
+        e2.apply_one(
+            now,
+            Command::SetAutoRecharge {
+                org,
+                enabled: true,
+                amount: Some("50".into()),
+                threshold: Some("10".into()),
+                payment_method_id: Some(card),
+            },
+        )
+        .unwrap()
+    });
+    // Call control answers meanwhile (a refusal: no funds yet), for this organization too.
+    let (e2, org, bob) = (e.clone(), o.id.clone(), o.bob.clone());
+    let refused =
+        answered(move || auth(&e2, now, &org, "c1", "outbound", Some(&bob), "+442079460000", "+14155550100", None));
+    assert_eq!(refused.granted_seconds, 0);
+    let orders = e.orders(&o.id).unwrap();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].status, "pending");
+    // The gateway answers: the order completes, once, and the jobs change nothing.
+    gateway.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while e.orders(&o.id).unwrap()[0].status == "pending" {
+        assert!(std::time::Instant::now() < deadline, "the order was never charged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    e.run_jobs(now).unwrap();
+    let orders = e.orders(&o.id).unwrap();
+    assert_eq!((orders.len(), orders[0].status.as_str()), (1, "succeeded"));
+    assert_eq!(e.credits(&o.id).unwrap().balance, 5000);
+    assert_eq!(gateway.charges.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_gateway_past_its_timeout_leaves_the_order_pending_for_the_jobs() {
+    let gateway = Arc::new(SlowGateway::default());
+    let store = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
+    let mut e = Engine::with_gateway(Arc::new(store), gateway.clone()).unwrap();
+    e.config.gateway_timeout = Duration::from_millis(50);
+    let now = t("2026-11-02T09:00:00Z");
+    let o = setup(&e, now);
+    *gateway.hold.lock().unwrap() = true;
+    let placed = e.purchase(&o.id, "50", &o.card, None, None, now).unwrap();
+    assert_eq!(placed.status, "pending");
+    gateway.release();
+    e.run_jobs(now).unwrap();
+    let orders = e.orders(&o.id).unwrap();
+    assert_eq!((orders.len(), orders[0].status.as_str()), (1, "succeeded"));
+    assert_eq!(e.credits(&o.id).unwrap().balance, 5000);
+    e.run_jobs(now).unwrap();
+    assert_eq!(e.credits(&o.id).unwrap().balance, 5000);
 }

@@ -5,8 +5,8 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
-pub mod openapi;
 pub mod limits;
+pub mod openapi;
 pub mod reports;
 pub mod routes;
 pub mod writer;
@@ -284,6 +284,9 @@ impl App {
         delivery: commcredits_engine::delivery::Delivery,
         options: &ServerOptions,
     ) -> Arc<App> {
+        // Automatic recharges placed by call control are charged on the order worker,
+        // never on the call writer's thread.
+        engine.start_order_worker();
         Arc::new(App {
             sessions: admin::session::Sessions::new(options.session_secret.as_deref()),
             delivery,

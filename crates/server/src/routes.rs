@@ -952,14 +952,22 @@ pub struct AddWebhook {
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks", tag = "notices", params(("org" = String, Path)), request_body = AddWebhook,
+    description = "Adds a webhook endpoint. Its host must resolve to public internet addresses only (unless the server runs with --allow-private-webhooks); otherwise 422 invalid_input. The secret is in this answer only: a replay with the same Idempotency-Key answers `secret: null` and a `secret_note`.",
     responses((status = 201, body = NewWebhook), (status = "4XX", body = Problem)), security(("api_key" = [])))]
 pub async fn add_webhook(State(app): AppState, Auth(p): Auth, Path(org): Path<String>, m: Mutation) -> ApiResult {
     check_org(&p, &org, Need::Admin)?;
     let r: AddWebhook = parse(&m.body)?;
+    // Resolved and checked here, outside any transaction; checked again before every
+    // delivery, against the addresses the connection then uses.
+    let sender = app.delivery.webhooks.clone();
+    let url = r.url.clone();
+    blocking(move || sender.check(url.trim()).map_err(|m| commcredits_core::Error::new(ErrorCode::InvalidInput, m)))
+        .await?;
     mutate(&app, &org, m.req(), Command::AddWebhook { org: org.clone(), url: r.url }).await
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks", tag = "notices", params(("org" = String, Path)),
+    description = "Webhook endpoints. Keys with the reader role see each URL as scheme and host only.",
     responses((status = 200, body = Vec<WebhookView>), (status = "4XX", body = Problem)), security(("api_key" = [])))]
 pub async fn list_webhooks(
     State(app): AppState,
@@ -968,7 +976,15 @@ pub async fn list_webhooks(
 ) -> ApiResult<Json<Vec<WebhookView>>> {
     check_org(&p, &org, Need::Read)?;
     let engine = app.engine.clone();
-    Ok(Json(blocking(move || engine.webhooks(&org)).await?))
+    let mut hooks = blocking(move || engine.webhooks(&org)).await?;
+    // A webhook URL's path and query often hold a credential of the receiver: readers
+    // see where notices go (scheme and host), not how to post there.
+    if p.role == Role::Reader {
+        for h in &mut hooks {
+            h.url = commcredits_engine::delivery::url_origin(&h.url);
+        }
+    }
+    Ok(Json(hooks))
 }
 
 #[utoipa::path(delete, path = "/v1/orgs/{org}/webhooks/{webhook}", tag = "notices", params(("org" = String, Path), ("webhook" = String, Path)),

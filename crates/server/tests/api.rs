@@ -62,7 +62,9 @@ fn created(o: Outcome) -> String {
 
 async fn spawn_app() -> TestApp {
     let store = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").expect("open the store");
-    let engine = Arc::new(Engine::new(Arc::new(store)).expect("engine"));
+    let mut engine = Engine::new(Arc::new(store)).expect("engine");
+    engine.config.secret_key = Some(commcredits_engine::delivery::SecretKey::parse(&"5a".repeat(32)).unwrap());
+    let engine = Arc::new(engine);
     let now = Timestamp::now();
     let operator = secret(
         engine
@@ -77,7 +79,12 @@ async fn spawn_app() -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
     let undeclared = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let router = commcredits_server::router(commcredits_server::App::new(engine.clone()))
+    // The webhook test below posts to a closed port on this machine: private addresses allowed.
+    let delivery = commcredits_engine::delivery::Delivery {
+        webhooks: Arc::new(commcredits_engine::delivery::HttpWebhooks::new(true)),
+        ..commcredits_engine::delivery::Delivery::new(None, "http://127.0.0.1:8080")
+    };
+    let router = commcredits_server::router(commcredits_server::App::with_delivery(engine.clone(), delivery))
         .layer(axum::middleware::from_fn_with_state(undeclared.clone(), check_against_document));
     tokio::spawn(async move {
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve");

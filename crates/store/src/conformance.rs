@@ -666,7 +666,7 @@ pub fn webhooks_and_deliveries(open: Factory) {
     assert_eq!(read(&*s, |tx| tx.list_webhooks("o1")).len(), 1);
     assert_eq!(read(&*s, |tx| tx.get_notice("o1", "n1")).unwrap().kind, "balance_exhausted");
     assert_eq!(
-        read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:00:00Z"), None, 10)),
+        read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:00:00Z"), None, 10, 10)),
         vec![("o1".to_string(), "d1".to_string())]
     );
     d.attempts = 1;
@@ -677,7 +677,7 @@ pub fn webhooks_and_deliveries(open: Factory) {
         tx.set_notice_status("o1", "n1", "failed")
     })
     .unwrap();
-    assert!(read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:04:59Z"), None, 10)).is_empty());
+    assert!(read(&*s, |tx| tx.due_deliveries(t("2026-01-01T00:04:59Z"), None, 10, 10)).is_empty());
     assert_eq!(read(&*s, |tx| tx.get_delivery("o1", "d1")), Some(d.clone()));
     assert_eq!(read(&*s, |tx| tx.list_deliveries("o1")), vec![d.clone()]);
     assert_eq!(read(&*s, |tx| tx.notice_deliveries("o1", "n1")), vec![d.clone()]);

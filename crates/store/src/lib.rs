@@ -211,7 +211,15 @@ pub trait Tx {
     fn notice_deliveries(&mut self, org_id: &str, notice_id: &str) -> Result<Vec<DeliveryRow>>;
     /// Pending deliveries whose next attempt is due, oldest due first; of one channel
     /// only when `channel` is given.
-    fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>>;
+    /// Due deliveries, the most overdue first: at most `limit` in all and `per_org` of
+    /// any one organization (so one organization's backlog cannot fill a round).
+    fn due_deliveries(
+        &mut self,
+        now: Timestamp,
+        channel: Option<&str>,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<(String, String)>>;
     fn count_failed_deliveries_all(&mut self) -> Result<i64>;
 
     // -- platform-wide gauges (metrics) --

@@ -593,7 +593,7 @@ impl Tx for WriteBehind<'_> {
     through!(read get_delivery(org_id: &str, delivery_id: &str) -> Option<DeliveryRow>);
     through!(read list_deliveries(org_id: &str) -> Vec<DeliveryRow>);
     through!(read notice_deliveries(org_id: &str, notice_id: &str) -> Vec<DeliveryRow>);
-    through!(read due_deliveries(now: Timestamp, channel: Option<&str>, limit: usize) -> Vec<(String, String)>);
+    through!(read due_deliveries(now: Timestamp, channel: Option<&str>, limit: usize, per_org: usize) -> Vec<(String, String)>);
     through!(read count_failed_deliveries_all() -> i64);
 
     through!(read count_open_reservations_all() -> i64);

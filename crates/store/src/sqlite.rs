@@ -1523,12 +1523,20 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn due_deliveries(&mut self, now: Timestamp, channel: Option<&str>, limit: usize) -> Result<Vec<(String, String)>> {
+    fn due_deliveries(
+        &mut self,
+        now: Timestamp,
+        channel: Option<&str>,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<(String, String)>> {
         self.many(
             "due deliveries",
-            "SELECT org_id, delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
-             AND (?3 IS NULL OR channel = ?3) ORDER BY next_attempt_at LIMIT ?2",
-            params![micros(now), limit as i64, channel],
+            "SELECT org_id, delivery_id FROM (SELECT org_id, delivery_id, next_attempt_at, \
+             ROW_NUMBER() OVER (PARTITION BY org_id ORDER BY next_attempt_at, delivery_id) AS n \
+             FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 AND (?3 IS NULL OR channel = ?3)) \
+             WHERE n <= ?4 ORDER BY next_attempt_at, delivery_id LIMIT ?2",
+            params![micros(now), limit as i64, channel, per_org as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
