@@ -85,6 +85,9 @@ struct LimitArgs {
     /// Connections open at once; one more is answered 503 overloaded and closed.
     #[arg(long, env = "COMMCREDITS_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
+    /// Connections open at once from one client address (trusted proxies excepted).
+    #[arg(long, env = "COMMCREDITS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    max_connections_per_address: usize,
     /// Seconds a client has to send a request's whole header (and an idle keep-alive
     /// connection waits for its next request).
     #[arg(long, env = "COMMCREDITS_HEADER_TIMEOUT", default_value_t = 10)]
@@ -127,7 +130,19 @@ impl LimitArgs {
     fn apply(&self, options: &mut commcredits_server::ServerOptions) {
         let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
         options.limits = commcredits_server::limits::Limits {
-            max_connections: self.max_connections.max(1),
+            max_connections: match commcredits_server::limits::connections_that_fit() {
+                Some(fit) if fit < self.max_connections => {
+                    eprintln!(
+                        "--max-connections {} is above what the open-file limit leaves room for: serving at most {fit}",
+                        self.max_connections
+                    );
+                    fit
+                }
+                _ => self.max_connections,
+            }
+            .max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            unlimited: Vec::new(),
             header_read_timeout: secs(self.header_timeout),
             body_read_timeout: secs(self.body_timeout),
             request_timeout: secs(self.request_timeout),

@@ -113,7 +113,14 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cloud metadata services: refused even where private addresses are allowed.
 fn is_metadata(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(a) => a == Ipv4Addr::new(169, 254, 169, 254),
+        // AWS, GCP and Azure; AWS ECS tasks; Alibaba Cloud; Oracle Cloud.
+        IpAddr::V4(a) => [
+            Ipv4Addr::new(169, 254, 169, 254),
+            Ipv4Addr::new(169, 254, 170, 2),
+            Ipv4Addr::new(100, 100, 100, 200),
+            Ipv4Addr::new(192, 0, 0, 192),
+        ]
+        .contains(&a),
         IpAddr::V6(a) => {
             a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
                 || embedded_v4(a).is_some_and(|v4| is_metadata(IpAddr::V4(v4)))
@@ -127,6 +134,10 @@ fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = a.segments();
     let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     if s[..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && (s[6] != 0 || s[7] > 1))) {
+        return Some(v4(s[6], s[7]));
+    }
+    // IPv4-translated (::ffff:0:a.b.c.d, RFC 2765).
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
         return Some(v4(s[6], s[7]));
     }
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
@@ -167,7 +178,12 @@ fn v6_public(a: Ipv6Addr) -> bool {
     let link_local = (s0 & 0xffc0) == 0xfe80;
     let site_local = (s0 & 0xffc0) == 0xfec0;
     let documentation = s0 == 0x2001 && a.segments()[1] == 0x0db8;
-    !(a.is_multicast() || unique_local || link_local || site_local || documentation)
+    // Teredo (2001::/32) tunnels to an IPv4 host whose address is not read off plainly;
+    // NAT64's local-use prefix (64:ff9b:1::/48) places its IPv4 address where the
+    // operator chose. Neither is judged safe.
+    let teredo = s0 == 0x2001 && a.segments()[1] == 0;
+    let nat64_local = s0 == 0x64 && a.segments()[1] == 0xff9b && a.segments()[2] == 1;
+    !(a.is_multicast() || unique_local || link_local || site_local || documentation || teredo || nat64_local)
 }
 
 /// Whether a webhook may be delivered to `ip`. Only public unicast addresses are,
@@ -321,7 +337,10 @@ impl WebhookSender for HttpWebhooks {
             req = req.header(k.as_str(), v.as_str());
         }
         let resp = req.send(body).map_err(|e| {
-            tracing::warn!(endpoint = %url_origin(url), error = %e, "webhook delivery failed");
+            // Some transport errors quote the URL, whose path and query are often the
+            // receiver's credential: the log gets its origin only.
+            let detail = e.to_string().replace(url, &url_origin(url));
+            tracing::warn!(endpoint = %url_origin(url), error = %detail, "webhook delivery failed");
             UNREACHABLE.to_string()
         })?;
         let status = resp.status().as_u16();
@@ -948,6 +967,11 @@ mod tests {
             "2002:7f00:1::",
             "2001:db8::1",
             "fec0::1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
+            "100.100.100.200",
         ];
         for ip in refused {
             assert!(!address_allowed(ip.parse().unwrap(), false), "{ip} allowed");
@@ -958,7 +982,14 @@ mod tests {
         // The option for tests and closed networks opens private ranges, never metadata.
         assert!(address_allowed("127.0.0.1".parse().unwrap(), true));
         assert!(address_allowed("10.0.0.1".parse().unwrap(), true));
-        for ip in ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+        for ip in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "100.100.100.200",
+            "192.0.0.192",
+            "169.254.170.2",
+        ] {
             assert!(!address_allowed(ip.parse().unwrap(), true), "{ip} allowed");
         }
         assert_eq!(url_origin("https://u:p@hooks.example.com/x?token=1"), "https://hooks.example.com");

@@ -394,7 +394,10 @@ impl Engine {
     /// Loads the decks imported with `rates import` over the shipped ones.
     fn reload_decks(&self) -> Result<()> {
         let rows = self.read(|tx| tx.list_rate_decks())?;
-        let mut decks = self.decks.write().map_err(|_| err!(ErrorCode::Internal, "deck cache poisoned"))?;
+        // The map holds whole decks, so a panic elsewhere while it was held cannot have
+        // left one half-written: a poisoned lock is taken as it is rather than stopping
+        // every later call.
+        let mut decks = self.decks.write().unwrap_or_else(|e| e.into_inner());
         for row in rows {
             let kind = DeckKind::parse(&row.kind)?;
             let cur = Currency::parse(&row.currency)?;
@@ -404,18 +407,13 @@ impl Engine {
     }
 
     pub fn deck(&self, kind: DeckKind, currency: Currency) -> Result<Arc<RateDeck>> {
-        self.decks
-            .read()
-            .map_err(|_| err!(ErrorCode::Internal, "deck cache poisoned"))?
-            .get(&(kind, currency))
-            .cloned()
-            .ok_or_else(|| {
-                err!(
-                    ErrorCode::InvalidRateDeck,
-                    "no {} rate deck for {currency}; import one with `rates import`",
-                    kind.as_str()
-                )
-            })
+        self.decks.read().unwrap_or_else(|e| e.into_inner()).get(&(kind, currency)).cloned().ok_or_else(|| {
+            err!(
+                ErrorCode::InvalidRateDeck,
+                "no {} rate deck for {currency}; import one with `rates import`",
+                kind.as_str()
+            )
+        })
     }
 
     /// Runs a read on a consistent snapshot.

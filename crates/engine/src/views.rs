@@ -552,7 +552,6 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// The HTTP answer to a command's result: status and JSON body.
 /// What is said in place of a secret when an answer is replayed.
 pub const SECRET_NOT_SHOWN: &str =
     "the secret was shown once, in the first answer to this request; it is not shown again";
@@ -577,6 +576,7 @@ pub fn without_secrets(mut body: serde_json::Value) -> serde_json::Value {
     body
 }
 
+/// The HTTP answer to a command's result: status and JSON body.
 pub fn respond(result: &commcredits_core::Result<crate::Outcome>) -> (u16, serde_json::Value) {
     use crate::Outcome;
     match result {

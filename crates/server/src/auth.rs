@@ -131,15 +131,16 @@ impl FromRequestParts<Arc<App>> for Auth {
         if let Some(p) = principal {
             return Ok(Auth(p));
         }
+        if missing {
+            // No key was tried, so nothing is guessed and nothing was looked up: always
+            // 401, never counted (a client that forgot its header learns why at once).
+            return Err(err(ErrorCode::Unauthorized, "send an API key as `Authorization: Bearer <key>`"));
+        }
         let ip = client_ip(&parts.extensions, &parts.headers, &app.trusted_proxies);
         if app.failures.fail(ip) {
             return Err(too_many_failures("authentications"));
         }
-        Err(if missing {
-            err(ErrorCode::Unauthorized, "send an API key as `Authorization: Bearer <key>`")
-        } else {
-            err(ErrorCode::Unauthorized, "the API key is not valid or was revoked")
-        })
+        Err(err(ErrorCode::Unauthorized, "the API key is not valid or was revoked"))
     }
 }
 

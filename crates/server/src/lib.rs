@@ -372,7 +372,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let jobs = spawn_jobs(engine, options.jobs_every, stop_rx.clone());
     let sender = spawn_delivery(app.clone(), Duration::from_secs(5).min(options.jobs_every), stop_rx);
-    serve_connections(listener, router(app.clone()), &options.limits, shutdown_signal()).await?;
+    let mut limits = options.limits.clone();
+    // The trusted proxies carry every client: the per-address bound is not theirs.
+    limits.unlimited.extend(options.trusted_proxies.iter().cloned());
+    serve_connections(listener, router(app.clone()), &limits, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     let _ = jobs.await;
     let _ = sender.await;
@@ -396,8 +399,9 @@ pub async fn serve_connections(
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     use tower::ServiceExt;
-    let max = limits.max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let max = limits.max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS).min(u32::MAX as usize);
     let open = Arc::new(tokio::sync::Semaphore::new(max));
+    let per_address = Arc::new(limits::PerAddress::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -414,7 +418,12 @@ pub async fn serve_connections(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        let slots = open.clone().try_acquire_owned().ok().zip(per_address.take(
+            peer.ip(),
+            limits.max_connections_per_address.max(1),
+            &limits.unlimited,
+        ));
+        let Some((permit, address_slot)) = slots else {
             metrics::counter!("commcredits_http_connections_refused_total").increment(1);
             tokio::spawn(async move {
                 let answer = limits::overloaded_connection_answer();
@@ -426,7 +435,7 @@ pub async fn serve_connections(
         let _ = stream.set_nodelay(true);
         let (router, limits, mut stop) = (router.clone(), limits.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let _open = permit;
+            let _open = (permit, address_slot);
             let io = hyper_util::rt::TokioIo::new(limits::SendDeadline::new(stream, limits.send_timeout));
             let (body_timeout, request_timeout) = (limits.body_read_timeout, limits.request_timeout);
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -23,6 +23,13 @@ pub use ipnet::IpNet;
 pub struct Limits {
     /// Connections open at once; one more is answered `503 overloaded` and closed.
     pub max_connections: usize,
+    /// Connections open at once from one client address, so that one client cannot
+    /// take every connection; one more is answered `503 overloaded` and closed.
+    /// Addresses in `unlimited` (the trusted proxies, which carry everyone) are not
+    /// counted.
+    pub max_connections_per_address: usize,
+    /// Peers the per-address bound does not apply to.
+    pub unlimited: Vec<IpNet>,
     /// Time a client has to send a request's whole header (also how long an idle
     /// keep-alive connection waits for its next request).
     pub header_read_timeout: Duration,
@@ -46,6 +53,8 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 4096,
+            max_connections_per_address: 256,
+            unlimited: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(300),
@@ -273,5 +282,113 @@ mod tests {
         assert!(!slots.per_key.lock().unwrap().contains_key("c"));
         drop(a1);
         let _a3 = slots.acquire(Some("a")).unwrap();
+    }
+}
+
+/// Counts open connections per client address; a connection holds its [`AddressSlot`]
+/// until it ends. Entries go when their count reaches zero, so the map holds at most
+/// one entry per open connection.
+#[derive(Default)]
+pub struct PerAddress {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One open connection of an address.
+pub struct AddressSlot {
+    owner: std::sync::Arc<PerAddress>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl PerAddress {
+    /// A slot for a connection from `ip`, or None when the address has `max` open.
+    /// Addresses in `unlimited` always get one and are not counted.
+    pub fn take(
+        self: &std::sync::Arc<Self>,
+        ip: std::net::IpAddr,
+        max: usize,
+        unlimited: &[IpNet],
+    ) -> Option<AddressSlot> {
+        if unlimited.iter().any(|n| n.contains(&ip)) {
+            return Some(AddressSlot { owner: self.clone(), ip: None });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { owner: self.clone(), ip: Some(ip) })
+    }
+
+    /// Addresses with a connection open (for tests and metrics).
+    pub fn addresses(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Descriptors kept free of connections: the database's connections, the SQLite
+/// files, report threads' files, the log.
+pub const DESCRIPTOR_HEADROOM: u64 = 256;
+
+/// Raises the process's soft limit on open files to its hard limit, and returns the
+/// number of connections that fit under it with [`DESCRIPTOR_HEADROOM`] to spare (None
+/// where the limit cannot be read). A connection bound above the descriptor limit would
+/// end in failed accepts and a database that cannot open its sockets.
+#[cfg(unix)]
+pub fn connections_that_fit() -> Option<usize> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), max) = (lim.current, lim.maximum) {
+        if max.is_none_or(|m| cur < m) {
+            let raised = Rlimit { current: max, maximum: max };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                lim.current = max;
+            }
+        }
+    }
+    // None is unlimited.
+    let soft = lim.current.unwrap_or(u64::MAX);
+    Some(usize::try_from(soft.saturating_sub(DESCRIPTOR_HEADROOM).max(1)).unwrap_or(usize::MAX))
+}
+
+#[cfg(not(unix))]
+pub fn connections_that_fit() -> Option<usize> {
+    None
+}
+
+#[cfg(test)]
+mod per_address_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn one_address_gets_its_share_and_gives_it_back() {
+        let p = Arc::new(PerAddress::default());
+        let a: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let b: std::net::IpAddr = "198.51.100.8".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| p.take(a, 3, &[]).expect("within the share")).collect();
+        assert!(p.take(a, 3, &[]).is_none(), "a fourth connection of one address is refused");
+        let other = p.take(b, 3, &[]).expect("another address is not held back");
+        drop(held);
+        assert!(p.take(a, 3, &[]).is_some(), "closed connections give their slots back");
+        drop(other);
+        assert_eq!(p.addresses(), 0, "no entry is kept for an address without connections");
+        let proxy: IpNet = "198.51.100.0/24".parse().unwrap();
+        let many: Vec<_> = (0..10).map(|_| p.take(a, 3, std::slice::from_ref(&proxy)).unwrap()).collect();
+        assert_eq!((many.len(), p.addresses()), (10, 0), "trusted proxies are not counted");
     }
 }

@@ -158,7 +158,10 @@ pub(crate) async fn usage_response(app: &Arc<App>, key_id: &str, org: String, q:
             Ok(())
         }
     };
-    let name = format!("pstn-usage-{}-{}", &q.from[..10.min(q.from.len())], &q.to[..10.min(q.to.len())]);
+    // The file is named by the period's first ten characters as given (a date, or an
+    // instant's date part), counted in characters: the text is the caller's.
+    let day = |t: &str| t.trim().chars().take(10).collect::<String>();
+    let name = format!("pstn-usage-{}-{}", day(&q.from), day(&q.to));
     match format {
         "json" => {
             let limit = q.limit.unwrap_or(crate::routes::DEFAULT_PAGE);

@@ -283,11 +283,39 @@ async fn connections_past_the_bound_are_refused_and_call_control_recovers() {
     assert_eq!(s.get("/healthz", "").await.0, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_address_cannot_take_every_connection() {
+    let limits =
+        Limits { max_connections_per_address: 4, header_read_timeout: Duration::from_secs(2), ..Limits::default() };
+    let s = start(ServerOptions { limits, ..ServerOptions::default() }, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The fifth connection of the address is refused while the server has room for
+    // thousands more from other addresses.
+    let mut extra = TcpStream::connect(s.addr).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_to_close(&mut extra)).await.expect("refused, not left hanging");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503") && text.contains("\"overloaded\""), "{text}");
+    for c in &mut held {
+        tokio::time::timeout(PATIENCE, read_to_close(c)).await.expect("closed by the header timeout");
+    }
+    // Their places are given back when they close.
+    assert_eq!(s.authorize("after-the-address-flood").await.0, 200);
+}
+
 // ---------------------------------------------------------------- exports
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn never_reading_export_clients_do_not_stop_call_control() {
-    let s = start(ServerOptions::default(), 4_000).await;
+    // Every client of this test is on loopback: the per-address bound (tested below) is
+    // lifted so that 600 connections reach the report slots.
+    let limits = Limits { unlimited: vec!["127.0.0.0/8".parse().unwrap()], ..Limits::default() };
+    let s = start(ServerOptions { limits, ..ServerOptions::default() }, 4_000).await;
     let keys: Vec<String> = (0..4).map(|_| s.key("reader")).collect();
     let mut clients = Vec::new();
     // More than tokio's blocking pool has threads (512).

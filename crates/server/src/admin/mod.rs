@@ -661,15 +661,17 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
         }
     };
     let Some(p) = principal else {
+        // An empty form guesses nothing: answered, never counted (the API's rule).
+        if form.get("key").trim().is_empty() {
+            return fail(StatusCode::UNAUTHORIZED, Error::new(ErrorCode::Unauthorized, "enter an API key"));
+        }
         if app.failures.fail(ip) {
             return fail(StatusCode::TOO_MANY_REQUESTS, crate::auth::too_many_failures("sign-ins").0);
         }
-        let message = if form.get("key").trim().is_empty() {
-            "enter an API key"
-        } else {
-            "the API key is not valid or was revoked"
-        };
-        return fail(StatusCode::UNAUTHORIZED, Error::new(ErrorCode::Unauthorized, message));
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            Error::new(ErrorCode::Unauthorized, "the API key is not valid or was revoked"),
+        );
     };
     let Some(org) = p.org_id.clone().filter(|_| !p.role.is_platform()) else {
         return fail(
