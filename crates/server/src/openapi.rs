@@ -188,6 +188,30 @@ mod tests {
     }
 
     #[test]
+    fn parameters_are_where_the_route_reads_them() {
+        use utoipa::openapi::path::ParameterIn;
+        let (_, mut doc) = crate::api();
+        let mut queries = 0;
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, op) in operations(item) {
+                for p in op.parameters.iter().flatten() {
+                    let RefOr::T(p) = p else { continue };
+                    let in_template = path.contains(&format!("{{{}}}", p.name));
+                    match p.parameter_in {
+                        ParameterIn::Path => assert!(in_template, "{method} {path}: '{}' is no path segment", p.name),
+                        ParameterIn::Query => {
+                            queries += 1;
+                            assert!(!in_template, "{method} {path}: '{}' is a path segment", p.name)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(queries > 10, "only {queries} query parameters");
+    }
+
+    #[test]
     fn call_control_declares_what_its_queue_and_lookups_answer() {
         let (_, doc) = crate::api();
         for status in [400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503] {

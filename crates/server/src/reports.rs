@@ -84,6 +84,7 @@ impl std::io::Write for ChannelWriter {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// Start of the period, inclusive: RFC 3339, or a date such as 2026-11-01 (its start in UTC).
@@ -263,6 +264,7 @@ fn file_response(body: Body, content_type: &'static str, filename: &str) -> Resp
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PeriodQuery {
     /// Start of the period, inclusive: RFC 3339, or a date such as 2026-11-01 (its start in UTC).

@@ -70,6 +70,7 @@ pub struct Page<T> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// At most 1000; default 100.
@@ -620,6 +621,7 @@ pub async fn set_auto_recharge(State(app): AppState, Auth(p): Auth, Path(org): P
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerQuery {
     pub limit: Option<usize>,
