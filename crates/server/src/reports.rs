@@ -105,6 +105,7 @@ pub struct UsageQuery {
     /// JSON pages: the `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// JSON pages: at most 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

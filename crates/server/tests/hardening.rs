@@ -51,6 +51,14 @@ const US_TO: &str = "+12125550100";
 /// A server with one funded organization whose user `ada` may call the US, and `calls`
 /// settled calls in its usage report.
 async fn start(options: ServerOptions, calls: usize) -> Server {
+    start_with(options, calls, None).await
+}
+
+/// As [`start`]; `send_buffer_bytes` sets the server's socket send buffer (accepted
+/// connections inherit the listener's), so that an answer the client does not read
+/// stalls the server's writes after a few kilobytes instead of filling megabytes of
+/// kernel buffer, as it would across a real network.
+async fn start_with(options: ServerOptions, calls: usize, send_buffer_bytes: Option<u32>) -> Server {
     let store = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").expect("open the store");
     let engine = Arc::new(Engine::new(Arc::new(store)).expect("engine"));
     let now = Timestamp::now();
@@ -94,7 +102,12 @@ async fn start(options: ServerOptions, calls: usize) -> Server {
         let report = engine.import_cdrs(&org, csv.as_bytes(), now, &mut |_| {}).unwrap();
         assert!(report.rejected.is_empty(), "{:?}", report.rejected.first());
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(bytes) = send_buffer_bytes {
+        socket.set_send_buffer_size(bytes).unwrap();
+    }
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let listener = socket.listen(1024).expect("listen");
     let addr = listener.local_addr().unwrap();
     let limits = options.limits.clone();
     let app = commcredits_server::App::with_options(
@@ -315,7 +328,7 @@ async fn never_reading_export_clients_do_not_stop_call_control() {
     // Every client of this test is on loopback: the per-address bound (tested below) is
     // lifted so that 600 connections reach the report slots.
     let limits = Limits { unlimited: vec!["127.0.0.0/8".parse().unwrap()], ..Limits::default() };
-    let s = start(ServerOptions { limits, ..ServerOptions::default() }, 4_000).await;
+    let s = start_with(ServerOptions { limits, ..ServerOptions::default() }, 4_000, Some(4096)).await;
     let keys: Vec<String> = (0..4).map(|_| s.key("reader")).collect();
     let mut clients = Vec::new();
     // More than tokio's blocking pool has threads (512).
