@@ -951,7 +951,7 @@ fn seeded_faults_never_break_the_books() {
     let started = std::time::Instant::now();
     let seeds: Vec<u64> = match env("FAULT_SEED") {
         Some(s) => vec![s],
-        None => (0..env("FAULT_RUNS").unwrap_or(200)).map(|i| 0x5eed_0000 + i).collect(),
+        None => (0..env("FAULT_RUNS").unwrap_or(150)).map(|i| 0x5eed_0000 + i).collect(),
     };
     let mut totals = Totals::default();
     let mut failures = Vec::new();
@@ -1007,4 +1007,101 @@ fn seeded_faults_never_break_the_books() {
 fn a_gateway_that_charges_twice_is_caught() {
     let caught = (0..60u64).any(|i| std::panic::catch_unwind(|| run(0xbad0_0000 + i, Plant::GatewayChargesTwice)).is_err());
     assert!(caught, "60 runs with a gateway that charges every retry again went unnoticed");
+}
+
+/// The wrapper itself: with no faults planned it is the store it wraps (the conformance
+/// suite passes through it), and each kind of fault does what it claims.
+mod wrapper {
+    use super::*;
+    use commcredits_store::{conformance_tests, OrgRow, Store};
+
+    fn quiet() -> Box<dyn Store> {
+        let inner = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
+        Box::new(FaultStore::new(Arc::new(inner), FaultPlan::new(1, FaultRates::default())))
+    }
+
+    conformance_tests!(quiet);
+
+    fn org(id: &str) -> OrgRow {
+        OrgRow {
+            org_id: id.into(),
+            name: id.into(),
+            currency: "USD".into(),
+            country: "US".into(),
+            notification_emails: vec![],
+            low_balance_minor: None,
+            suspended: false,
+            created_at: t("2026-01-01T00:00:00Z"),
+            disabled_notices: vec![],
+        }
+    }
+
+    fn store(rates: FaultRates) -> FaultStore {
+        let inner = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
+        FaultStore::new(Arc::new(inner), FaultPlan::new(7, rates))
+    }
+
+    fn orgs(s: &FaultStore) -> usize {
+        s.plan().set_enabled(false);
+        let mut n = 0;
+        s.read(&mut |tx| {
+            n = tx.list_orgs()?.len();
+            Ok(())
+        })
+        .unwrap();
+        s.plan().set_enabled(true);
+        n
+    }
+
+    #[test]
+    fn an_unknown_commit_outcome_has_committed() {
+        let s = store(FaultRates { commit_unknown: 1_000_000, ..Default::default() });
+        let r = s.write(&mut |tx| tx.insert_org(&org("o1")));
+        assert_eq!(r.unwrap_err().code, ErrorCode::StoreError);
+        assert_eq!(orgs(&s), 1);
+        assert_eq!(s.plan().counts().commit_unknown, 1);
+    }
+
+    #[test]
+    fn a_failed_commit_has_not_committed() {
+        let s = store(FaultRates { commit_error: 1_000_000, ..Default::default() });
+        assert!(s.write(&mut |tx| tx.insert_org(&org("o1"))).is_err());
+        assert_eq!(orgs(&s), 0);
+    }
+
+    #[test]
+    fn a_serialization_failure_reruns_the_closure_and_commits_once() {
+        let s = store(FaultRates { retry_at_commit: 500_000, retry_partway: 300_000, ..Default::default() });
+        let mut runs = 0;
+        for i in 0..20 {
+            let id = format!("o{i}");
+            s.write(&mut |tx| {
+                runs += 1;
+                tx.insert_org(&org(&id))?;
+                tx.insert_org(&org(&format!("{id}-b")))
+            })
+            .unwrap();
+        }
+        // Every write landed exactly once although closures ran more often.
+        assert_eq!(orgs(&s), 40);
+        let c = s.plan().counts();
+        assert!(c.retry_at_commit + c.retry_partway > 0 && runs as u64 == 20 + c.retry_at_commit + c.retry_partway);
+    }
+
+    #[test]
+    fn a_failed_statement_changes_nothing_and_the_plan_replays_by_seed() {
+        let draws = |seed| {
+            let inner = commcredits_store::sqlite::SqliteStore::open("sqlite::memory:").unwrap();
+            let s = FaultStore::new(
+                Arc::new(inner),
+                FaultPlan::new(seed, FaultRates { write_statement: 300_000, ..Default::default() }),
+            );
+            let outcomes: Vec<bool> =
+                (0..30).map(|i| s.write(&mut |tx| tx.insert_org(&org(&format!("o{i}")))).is_ok()).collect();
+            assert_eq!(orgs(&s), outcomes.iter().filter(|ok| **ok).count());
+            outcomes
+        };
+        assert_eq!(draws(3), draws(3));
+        assert_ne!(draws(3), draws(4));
+    }
 }
