@@ -470,7 +470,8 @@ impl Sim {
                 let id = open[self.rng.below(open.len() as u64) as usize].clone();
                 self.end(&id);
             }
-            65..=71 => self.purchase(),
+            65..=68 => self.purchase(),
+            69..=71 => self.import(),
             72..=81 => {
                 // Seconds to minutes pass: reservations time out past their grace.
                 let secs = 1 + self.rng.below(900) as i64;
@@ -683,6 +684,75 @@ impl Sim {
             self.calls.remove(&id);
             self.settled.insert(id, charge);
         }
+    }
+
+    /// A CDR from the switch, charged offline through the bulk write path (the
+    /// write-behind overlay); sent again after an error, as an upload is.
+    fn import(&mut self) {
+        self.next_call += 1;
+        let call_id = format!("cdr{}", self.next_call);
+        let user = self.rng.below(3) as usize;
+        let to = ["+12125550123", "+447400123456", "+4930123456"][self.rng.below(3) as usize];
+        let secs = self.rng.below(1500) as u32;
+        let cmd = Command::ImportCdr(commcredits_engine::cdr::CdrRecord {
+            org: self.org.id.clone(),
+            line: self.next_call,
+            call_id: call_id.clone(),
+            call_type: "outbound".into(),
+            user: Some(self.users[user].clone()),
+            from: "+14155550111".into(),
+            to: to.into(),
+            start_time: self.now,
+            duration_seconds: secs,
+        });
+        let step = format!("import {call_id} {secs}s");
+        let mut first: Option<Result<Outcome>> = None;
+        for attempt in 0..CLIENT_ATTEMPTS {
+            if attempt > 0 {
+                self.client_retries += 1;
+            }
+            match self.e.apply_bulk(self.now, vec![cmd.clone()]) {
+                Ok(mut r) => {
+                    first = r.pop();
+                    break;
+                }
+                Err(e) if e.code == ErrorCode::StoreError => continue,
+                Err(e) => self.fail(&step, e),
+            }
+        }
+        let Some(r) = self.reservation(&call_id) else {
+            // Refused (a user without credits for this call) or never got through.
+            if let Some(Ok(o)) = first {
+                self.fail(&step, format!("answered {o:?} but nothing was recorded"));
+            }
+            return;
+        };
+        if let Some(Ok(o)) = &first {
+            if !matches!(o, Outcome::Ended(_) | Outcome::Duplicate { .. }) {
+                self.fail(&step, format!("{o:?}"));
+            }
+        }
+        let rate = ModelRate::parse(
+            r.rate_per_minute.as_deref().unwrap(),
+            r.connection_fee_minor,
+            u32::try_from(r.increment_seconds).unwrap(),
+        );
+        let model = ModelCall {
+            rate,
+            granted: r.granted_seconds,
+            used: 0,
+            plan_minutes: r.plan_minutes,
+            money: r.money_minor,
+            earmarks: BTreeMap::new(),
+            expires_at: self.now,
+        };
+        let (_, _, charge) = must_pay(&model, i64::from(secs));
+        if let Some(Ok(Outcome::Ended(v))) = &first {
+            if v.charge != charge {
+                self.fail(&step, format!("charged {v:?}; the model says {charge}"));
+            }
+        }
+        self.settled.insert(call_id, charge);
     }
 
     fn purchase(&mut self) {
