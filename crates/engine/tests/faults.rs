@@ -1075,7 +1075,8 @@ fn seeded_faults_never_break_the_books() {
 /// The checks are real: a gateway that charges an order again on a retry is caught.
 #[test]
 fn a_gateway_that_charges_twice_is_caught() {
-    let caught = (0..60u64).any(|i| std::panic::catch_unwind(|| run(0xbad0_0000 + i, Plant::GatewayChargesTwice)).is_err());
+    let caught =
+        (0..60u64).any(|i| std::panic::catch_unwind(|| run(0xbad0_0000 + i, Plant::GatewayChargesTwice)).is_err());
     assert!(caught, "60 runs with a gateway that charges every retry again went unnoticed");
 }
 

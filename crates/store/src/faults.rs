@@ -60,7 +60,12 @@ const MAX_INJECTED_RETRIES: u32 = 3;
 impl FaultPlan {
     pub fn new(seed: u64, rates: FaultRates) -> Arc<FaultPlan> {
         Arc::new(FaultPlan {
-            state: Mutex::new(PlanState { rng: seed ^ 0x9E37_79B9_7F4A_7C15, rates, enabled: true, counts: Default::default() }),
+            state: Mutex::new(PlanState {
+                rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+                rates,
+                enabled: true,
+                counts: Default::default(),
+            }),
         })
     }
 
@@ -179,8 +184,8 @@ impl Store for FaultStore {
         let plan = &*self.plan;
         let mut retries = 0;
         loop {
-            let retry_partway = retries < MAX_INJECTED_RETRIES
-                && plan.chance(|r| r.retry_partway, |c| c.retry_partway += 1);
+            let retry_partway =
+                retries < MAX_INJECTED_RETRIES && plan.chance(|r| r.retry_partway, |c| c.retry_partway += 1);
             let retry_at_commit = !retry_partway
                 && retries < MAX_INJECTED_RETRIES
                 && plan.chance(|r| r.retry_at_commit, |c| c.retry_at_commit += 1);

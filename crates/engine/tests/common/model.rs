@@ -4,7 +4,6 @@
 use commcredits_core::Timestamp;
 use std::collections::BTreeMap;
 
-
 /// A published rate as the authorize answer states it.
 #[derive(Clone, Debug)]
 pub struct ModelRate {
@@ -195,4 +194,3 @@ pub fn must_pay(c: &ModelCall, duration: i64) -> (i64, i64, i64) {
     let plan_used = ((on_plan + 59) / 60).min(c.plan_minutes);
     (charged, plan_used, c.rate.price_minor(charged - on_plan))
 }
-
