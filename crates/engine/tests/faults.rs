@@ -10,7 +10,7 @@
 //! hold from orders (never twice for one order), and notices must never be recorded
 //! twice. At the end, with faults off, every notice must have been delivered.
 //!
-//! `FAULT_SEED=<n>` replays one run; `FAULT_RUNS=<n>` sets how many seeds run (a hundred
+//! `FAULT_SEED=<n>` replays one run; `FAULT_RUNS=<n>` sets how many seeds run (64
 //! by default; the soak runs ten thousand in release).
 
 mod common;
@@ -1023,7 +1023,7 @@ fn seeded_faults_never_break_the_books() {
     let started = std::time::Instant::now();
     let seeds: Vec<u64> = match env("FAULT_SEED") {
         Some(s) => vec![s],
-        None => (0..env("FAULT_RUNS").unwrap_or(100)).map(|i| 0x5eed_0000 + i).collect(),
+        None => (0..env("FAULT_RUNS").unwrap_or(64)).map(|i| 0x5eed_0000 + i).collect(),
     };
     let mut totals = Totals::default();
     let mut failures = Vec::new();
