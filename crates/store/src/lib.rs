@@ -6,6 +6,8 @@
 //! commit). Reads go through [`Store::read`].
 
 pub mod conformance;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod overlay;
 pub mod postgres;
 pub mod rows;

@@ -1,6 +1,8 @@
 //! Shared set-up for engine scenarios: a fresh store per test and a small organization.
 #![allow(dead_code)]
 
+pub mod model;
+
 use commcredits_core::Timestamp;
 use commcredits_engine::calls::AuthorizeRequest;
 use commcredits_engine::payments::CardInput;
