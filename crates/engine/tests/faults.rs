@@ -10,8 +10,9 @@
 //! hold from orders (never twice for one order), and notices must never be recorded
 //! twice. At the end, with faults off, every notice must have been delivered.
 //!
-//! `FAULT_SEED=<n>` replays one run; `FAULT_RUNS=<n>` sets how many seeds run (64
-//! by default; the soak runs ten thousand in release).
+//! `FAULT_SEED=<n>` replays one run; `FAULT_RUNS=<n>` sets how many seeds run (200
+//! by default; the soak runs ten thousand in release), `FAULT_THREADS=<n>` on how many
+//! threads (4).
 
 mod common;
 use commcredits_core::{ErrorCode, Result, Timestamp};
@@ -1023,26 +1024,40 @@ fn seeded_faults_never_break_the_books() {
     let started = std::time::Instant::now();
     let seeds: Vec<u64> = match env("FAULT_SEED") {
         Some(s) => vec![s],
-        None => (0..env("FAULT_RUNS").unwrap_or(64)).map(|i| 0x5eed_0000 + i).collect(),
+        None => (0..env("FAULT_RUNS").unwrap_or(200)).map(|i| 0x5eed_0000 + i).collect(),
     };
-    let mut totals = Totals::default();
-    let mut failures = Vec::new();
-    for seed in seeds {
-        match std::panic::catch_unwind(|| run(seed, Plant::None)) {
-            Ok(t) => totals.add(&t),
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failures.push(format!("seed {seed}: {msg}"));
-                if failures.len() >= 5 {
-                    break;
+    // Seeds run on a few threads: much of a run's time is the gateway's lost answers
+    // waiting out their timeout, not work. Each run has its own store, plan and clock,
+    // so a seed's faults are the same on any thread (FAULT_SEED replays one alone).
+    let threads = env("FAULT_THREADS").unwrap_or(4).max(1) as usize;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new((Totals::default(), Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { break };
+                let outcome = std::panic::catch_unwind(|| run(seed, Plant::None));
+                let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    Ok(t) => r.0.add(&t),
+                    Err(e) => {
+                        let msg = e
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        r.1.push(format!("seed {seed}: {msg}"));
+                        if r.1.len() >= 5 {
+                            // Enough to go on: the other threads stop at their next seed.
+                            next.store(seeds.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                 }
-            }
+            });
         }
-    }
+    });
+    let (totals, failures) = results.into_inner().unwrap_or_else(|e| e.into_inner());
     println!(
         "fault runs: {} runs, {} steps, {} client retries, {} calls settled, {} orders, {} notices in {:.1?}",
         totals.runs,
