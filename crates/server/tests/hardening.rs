@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{read_to_close, start, start_with, Server, PATIENCE};
 use commcredits_server::limits::Limits;
 use commcredits_server::ServerOptions;
+use common::{read_to_close, start, start_with, Server, PATIENCE};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
