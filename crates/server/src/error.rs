@@ -153,7 +153,11 @@ pub async fn check_uri_text(req: Request, next: axum::middleware::Next) -> Respo
 
 fn uri_text(uri: &axum::http::Uri) -> ApiResult<()> {
     for segment in uri.path().split('/') {
-        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        // The router's path extractor refuses an escape that is not UTF-8 with a bare
+        // text answer: refuse it here, as a problem, like any other text no id holds.
+        let decoded = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| err(ErrorCode::InvalidInput, "a path segment is not UTF-8 once unescaped"))?;
         check_text("path segment", &decoded)?;
     }
     if let Some(query) = uri.query() {

@@ -11,7 +11,7 @@ pub mod session;
 use crate::auth::{check_org, client_ip, Need};
 use crate::App;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -103,6 +103,25 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 /// A page for an error, with its stable code (as the API would answer it).
+/// A page's query string; one that does not parse (a parameter given twice, a value of
+/// the wrong kind) is answered with the error page, `422 invalid_input`, like any other
+/// bad input, never the router's bare text.
+struct Query<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(error_page(
+                &Error::new(ErrorCode::InvalidInput, format!("invalid query string: {}", e.body_text())),
+                "/admin",
+            )),
+        }
+    }
+}
+
 fn error_page(e: &Error, back: &str) -> Response {
     let e = if matches!(e.code, ErrorCode::Internal | ErrorCode::StoreError) {
         tracing::error!(code = %e.code, "{}", e.message);
