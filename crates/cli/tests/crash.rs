@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 const THREADS: usize = 16;
 /// Seconds each call asks for: short, so reservations whose `end` was lost expire soon.
-const CALL_SECONDS: u64 = 4;
+const CALL_SECONDS: u64 = 8;
 const SERVE_ARGS: [&str; 4] = ["--jobs-every", "1", "--reservation-grace", "1"];
 
 fn seed() -> u64 {
@@ -69,10 +69,21 @@ fn setup(db: &str) -> Setup {
     }
     for u in 0..4 {
         let upn = format!("u{u}@crash.example");
-        cli(db, &["user", "create", "--org", &org, "--upn", &upn, "--name", &format!("User {u}"), "--location", "GB"]);
+        cli(db, &["user", "create", "--org", &org, "--upn", &upn, "--name", &format!("User {u}"), "--location", "US"]);
         cli(
             db,
-            &["license", "set", "--org", &org, "--user", &upn, "--sku", "phone_system", "--sku", "communications_credits"],
+            &[
+                "license",
+                "set",
+                "--org",
+                &org,
+                "--user",
+                &upn,
+                "--sku",
+                "phone_system",
+                "--sku",
+                "communications_credits",
+            ],
         );
     }
     let pm = cli(db, &["payment-method", "add", "--org", &org, "--ea", "EA-1"])["id"].as_str().unwrap().to_string();
@@ -96,7 +107,8 @@ fn setup(db: &str) -> Setup {
         ],
     );
     let cc_key = cli(db, &["keys", "create", "--role", "call_control"])["secret"].as_str().unwrap().to_string();
-    let admin_key = cli(db, &["keys", "create", "--org", &org, "--role", "admin"])["secret"].as_str().unwrap().to_string();
+    let admin_key =
+        cli(db, &["keys", "create", "--org", &org, "--role", "admin"])["secret"].as_str().unwrap().to_string();
     Setup { org, pm, cc_key, admin_key }
 }
 
@@ -124,9 +136,9 @@ fn send(
 }
 
 fn calls_body(s: &Setup, call_id: &str, user: usize, seconds: u64) -> String {
-    // GB users calling Egypt (0.263 a minute): international, paid from credits.
+    // Users located in the US calling a UK mobile (0.09 a minute, per second): international, paid from credits.
     json!({"org_id": s.org, "call_id": call_id, "type": "outbound", "user_id": format!("u{user}@crash.example"),
-           "from": "+442079460000", "to": "+20223456789", "requested_seconds": seconds})
+           "from": "+442079460000", "to": "+447400123456", "requested_seconds": seconds})
     .to_string()
 }
 
@@ -187,7 +199,9 @@ fn run(name: &str, db: &str, servers: usize) {
                             let csv = cdr_csv(cycle, 400);
                             let key = format!("import-{cycle}");
                             let path = format!("/v1/orgs/{}/cdrs", s.org);
-                            if let Some((200, _)) = send(&addrs, &alive, first, &path, &s.cc_key, Some(&key), "text/csv", &csv) {
+                            if let Some((200, _)) =
+                                send(&addrs, &alive, first, &path, &s.cc_key, Some(&key), "text/csv", &csv)
+                            {
                                 shared.lock().unwrap().imports += 1;
                             }
                             continue;
@@ -206,7 +220,8 @@ fn run(name: &str, db: &str, servers: usize) {
                         }
                         let id = format!("c{cycle}-t{t}-{i}");
                         let body = calls_body(&s, &id, rng.random_range(0..4), CALL_SECONDS);
-                        let Some((200, v)) = send(&addrs, &alive, first, "/v1/calls/authorize", &s.cc_key, None, json, &body)
+                        let Some((200, v)) =
+                            send(&addrs, &alive, first, "/v1/calls/authorize", &s.cc_key, None, json, &body)
                         else {
                             continue;
                         };
@@ -220,11 +235,28 @@ fn run(name: &str, db: &str, servers: usize) {
                         }
                         let used = rng.random_range(1..=CALL_SECONDS);
                         let update = json!({"org_id": s.org, "used_seconds": used, "requested_seconds": CALL_SECONDS});
-                        let _ = send(&addrs, &alive, first + 1, &format!("/v1/calls/{id}/update"), &s.cc_key, None, json, &update.to_string());
-                        let end = json!({"org_id": s.org, "duration_seconds": rng.random_range(used..=CALL_SECONDS + 2)});
-                        if let Some((200, e)) =
-                            send(&addrs, &alive, first + 2, &format!("/v1/calls/{id}/end"), &s.cc_key, None, json, &end.to_string())
-                        {
+                        let _ = send(
+                            &addrs,
+                            &alive,
+                            first + 1,
+                            &format!("/v1/calls/{id}/update"),
+                            &s.cc_key,
+                            None,
+                            json,
+                            &update.to_string(),
+                        );
+                        let end =
+                            json!({"org_id": s.org, "duration_seconds": rng.random_range(used..=CALL_SECONDS + 2)});
+                        if let Some((200, e)) = send(
+                            &addrs,
+                            &alive,
+                            first + 2,
+                            &format!("/v1/calls/{id}/end"),
+                            &s.cc_key,
+                            None,
+                            json,
+                            &end.to_string(),
+                        ) {
                             let mut a = shared.lock().unwrap();
                             a.calls.insert(id, Some(e["charge"].as_i64().unwrap()));
                             a.ends += 1;
@@ -307,20 +339,24 @@ fn run(name: &str, db: &str, servers: usize) {
             }
         }
         // The upload sent again without a key: each row is charged at most once.
-        let (status, v) = request(&addrs[0], &format!("/v1/orgs/{}/cdrs", s.org), &s.cc_key, None, "text/csv", &cdr_csv(cycle, 400))
-            .unwrap_or_else(|e| panic!("[{name}] upload after restart: {e}"));
+        let (status, v) =
+            request(&addrs[0], &format!("/v1/orgs/{}/cdrs", s.org), &s.cc_key, None, "text/csv", &cdr_csv(cycle, 400))
+                .unwrap_or_else(|e| panic!("[{name}] upload after restart: {e}"));
         assert_eq!(status, 200, "[{name}] {v}");
 
         // Open reservations settle by the timeout job: every authorized call gets its CDR.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let all = |e: &Engine| e.cdrs(&s.org, "2000-01-01T00:00:00Z".parse().unwrap(), "2100-01-01T00:00:00Z".parse().unwrap());
+        let all = |e: &Engine| {
+            e.cdrs(&s.org, "2000-01-01T00:00:00Z".parse().unwrap(), "2100-01-01T00:00:00Z".parse().unwrap())
+        };
         loop {
             let c = engine.credits(&s.org).unwrap();
             if c.available < 0 {
                 summary.identity_failures += 1;
                 eprintln!("[{name}] negative available balance: {c:?}");
             }
-            let settled: std::collections::HashSet<String> = all(&engine).unwrap().into_iter().map(|c| c.call_id).collect();
+            let settled: std::collections::HashSet<String> =
+                all(&engine).unwrap().into_iter().map(|c| c.call_id).collect();
             if c.reserved == 0 && calls.iter().all(|(id, _)| settled.contains(id)) {
                 break;
             }
@@ -496,7 +532,8 @@ fn check(name: &str, engine: &Engine, s: &Setup, acks: &Acks, imported: Vec<Stri
 #[test]
 fn sqlite_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let db = std::env::var("CRASH_DEBUG_DB").unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("crash.db").display()));
+    let db = std::env::var("CRASH_DEBUG_DB")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("crash.db").display()));
     run("sqlite", &db, 1);
 }
 
