@@ -7,75 +7,14 @@
 //! Needs PostgreSQL: `DATABASE_URL` (default postgres://postgres@127.0.0.1:5432/test);
 //! the test makes its own database and fails, never skips, when it cannot.
 
+mod common;
+
 use commcredits_engine::Engine;
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use common::{base_url, cli, post, start_server, Server};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn base_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn cli(db: &str, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_commcredits")).args(["--db", db, "--json"]).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn post(addr: &str, path: &str, key: &str, body: &Value) -> std::io::Result<(u16, Value)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let body = body.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let json = text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
-    if status == 0 {
-        return Err(std::io::Error::other("no HTTP answer"));
-    }
-    Ok((status, json))
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-// The caller kills and waits for the server it gets back.
-#[allow(clippy::zombie_processes)]
-fn start_server(db: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commcredits"))
-        .args(["--db", db, "serve", "--listen", "127.0.0.1:0", "--jobs-every", "1", "--reservation-grace", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("Listening on http://") {
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
-                    return Server { child, addr };
-                }
-            }
-            _ => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("a server did not start");
-}
 
 #[test]
 fn three_servers_share_one_database_and_survive_a_kill() {
