@@ -96,9 +96,11 @@ impl Currency {
     /// Converts a major-unit decimal (a rate-deck connection fee) to minor units,
     /// rounding half-up.
     pub fn decimal_to_minor(self, major: Decimal) -> Result<i64> {
-        (major * Decimal::from(self.scale()))
-            .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero)
-            .to_i64()
+        // Checked: a deck's fee is outside input, and near Decimal's limit the product overflows.
+        major
+            .checked_mul(Decimal::from(self.scale()))
+            .map(|m| m.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero))
+            .and_then(|m| m.to_i64())
             .ok_or_else(|| err!(ErrorCode::AmountOverflow, "{major} is too large"))
     }
 }

@@ -20,9 +20,15 @@ pub fn charge_minor(rate: &Rate, currency: Currency, seconds: u32) -> i64 {
     let billable = Decimal::from(billable_seconds(rate, seconds));
     let scale = Decimal::from(10i64.pow(currency.exponent()));
     // Multiply before dividing so that the only rounding is the final half-up one.
-    let usage = (billable * rate.per_minute * scale / Decimal::from(60))
-        .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
-    rate.connection_fee_minor.saturating_add(usage.to_i64().unwrap_or(i64::MAX))
+    // Checked: a deck's rate is outside input, and a huge one overflows Decimal. Such a
+    // price does not fit in i64 either way, so it saturates like one that just misses.
+    let usage = billable
+        .checked_mul(rate.per_minute)
+        .and_then(|u| u.checked_mul(scale))
+        .map(|u| (u / Decimal::from(60)).round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero))
+        .and_then(|u| u.to_i64())
+        .unwrap_or(i64::MAX);
+    rate.connection_fee_minor.saturating_add(usage)
 }
 
 /// The longest duration, a whole number of increments and at most `cap_seconds`
