@@ -1,7 +1,7 @@
 //! Crash harness through the real binary: `commcredits serve` under concurrent call
 //! control, purchases and a CDR upload, killed with SIGKILL at a random moment and
-//! restarted on the same database. Every answer the clients received (2xx) is kept
-//! in memory and checked against the stored state after the restart: nothing
+//! restarted on the same database. Every acknowledged (2xx) authorize, end, purchase
+//! and upload is kept in memory and checked against the stored state after the restart: nothing
 //! acknowledged is lost or changed, no call or purchase is booked twice, one
 //! recharge per threshold crossing, open reservations settle once, and the books
 //! balance.
@@ -50,6 +50,8 @@ struct Acks {
     /// Idempotency key → (order id, body sent).
     purchases: HashMap<String, (String, Value)>,
     imports: usize,
+    /// The acknowledged upload of this cycle: rows it charged and their total charge.
+    upload: Option<(u64, i64)>,
 }
 
 struct Setup {
@@ -199,10 +201,12 @@ fn run(name: &str, db: &str, servers: usize) {
                             let csv = cdr_csv(cycle, 400);
                             let key = format!("import-{cycle}");
                             let path = format!("/v1/orgs/{}/cdrs", s.org);
-                            if let Some((200, _)) =
+                            if let Some((200, v)) =
                                 send(&addrs, &alive, first, &path, &s.cc_key, Some(&key), "text/csv", &csv)
                             {
-                                shared.lock().unwrap().imports += 1;
+                                let mut a = shared.lock().unwrap();
+                                a.imports += 1;
+                                a.upload = v["charged"].as_u64().zip(v["charge"].as_i64());
                             }
                             continue;
                         }
@@ -344,6 +348,23 @@ fn run(name: &str, db: &str, servers: usize) {
                 summary.lost += 1;
             }
         }
+        // An acknowledged upload survived whole: its rows' CDRs are there, at the
+        // acknowledged total, before anything is sent again.
+        if let Some((charged, charge)) = cycle_acks.upload {
+            let prefix = format!("imp-{cycle}-");
+            let cdrs = engine
+                .cdrs(&s.org, "2000-01-01T00:00:00Z".parse().unwrap(), "2100-01-01T00:00:00Z".parse().unwrap())
+                .unwrap();
+            let rows: Vec<_> = cdrs.iter().filter(|c| c.call_id.starts_with(&prefix)).collect();
+            let total: i64 = rows.iter().map(|c| c.charge_minor).sum();
+            if (rows.len() as u64, total) != (charged, charge) {
+                eprintln!(
+                    "[{name}] LOST: upload {cycle} acknowledged {charged} rows charged {charge}, the store has {} rows charged {total}",
+                    rows.len()
+                );
+                summary.lost += 1;
+            }
+        }
         // The upload sent again without a key: each row is charged at most once.
         let (status, v) =
             request(&addrs[0], &format!("/v1/orgs/{}/cdrs", s.org), &s.cc_key, None, "text/csv", &cdr_csv(cycle, 400))
@@ -480,11 +501,16 @@ fn check(name: &str, engine: &Engine, s: &Setup, acks: &Acks, imported: Vec<Stri
         }
     }
     for (id, charge) in &acks.calls {
-        if let (Some(c), Some((_, booked))) = (charge, charges_by_call.get(id.as_str())) {
-            if booked != c {
+        match (charge, charges_by_call.get(id.as_str())) {
+            (Some(c), Some((_, booked))) if booked != c => {
                 eprintln!("[{name}] call {id}: acknowledged {c}, ledger charged {booked}");
                 summary.double_charges += 1;
             }
+            (Some(c), None) if *c > 0 => {
+                eprintln!("[{name}] LOST: call {id}: acknowledged charge {c}, no charge in the ledger");
+                summary.lost += 1;
+            }
+            _ => {}
         }
     }
     let orders = engine.orders(&s.org).unwrap();
@@ -510,8 +536,8 @@ fn check(name: &str, engine: &Engine, s: &Setup, acks: &Acks, imported: Vec<Stri
         summary.identity_failures += 1;
     }
     for w in recharges.windows(2) {
-        let done = w[0].completed_at.clone().unwrap_or_default();
-        if w[1].created_at < done {
+        // A recharge placed while an earlier one never completed is one too many.
+        if w[0].completed_at.as_ref().is_none_or(|done| &w[1].created_at < done) {
             eprintln!("[{name}] DOUBLE: two recharges for one crossing: {w:?}");
             summary.double_charges += 1;
         }

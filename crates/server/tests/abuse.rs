@@ -998,11 +998,14 @@ async fn every_route_survives_abuse_and_call_control_keeps_answering() {
     println!("{total} junk requests in {junk_took:?}; VmRSS now {} MiB", status_kib("VmRSS") / 1024);
 
     // Thousands of connections at once from many addresses, each asking something real.
-    let round = flood(addr, &targets, 2_500 * scale.min(3), tally.clone()).await;
+    // Both ends of every connection are in this process: the flood is sized to fit the
+    // open-file limit (raised to its hard maximum), and says so when it had to shrink.
+    let flood_size = flood_size(2_500 * scale.min(3));
+    let round = flood(addr, &targets, flood_size, tally.clone()).await;
     println!("flood: {round}");
     let rss_after_flood = status_kib("VmRSS");
     // The same again: what the first round left behind must not grow with a second.
-    let round = flood(addr, &targets, 2_500 * scale.min(3), tally.clone()).await;
+    let round = flood(addr, &targets, flood_size, tally.clone()).await;
     println!("second flood: {round}");
     let rss_after_second = status_kib("VmRSS");
 
@@ -1032,6 +1035,11 @@ async fn every_route_survives_abuse_and_call_control_keeps_answering() {
         started.elapsed()
     );
     assert!(t.failures.is_empty(), "{} failures (seed {seed}):\n{}", t.failures.len(), t.failures.join("\n"));
+    assert!(
+        t.by_status.get("slow reader cut off").copied().unwrap_or(0) > 0,
+        "no export to a reader that stopped reading was cut off by the send timeout: {:?}",
+        t.by_status
+    );
     assert!(probe.sent >= 5, "the probe sent only {} authorizes", probe.sent);
     assert_eq!(probe.allowed, probe.sent, "every authorize of the funded user is allowed: {:?}", probe.errors);
     assert!(
@@ -1190,11 +1198,13 @@ async fn slow_clients(
                 // window), then all it can: the export must have been cut off by the send
                 // timeout, not sent whole, and the connection ended.
                 let mut buf = [0u8; 16 * 1024];
+                let mut got = Vec::new();
                 for _ in 0..6 {
-                    let _ = tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf[..1])).await;
+                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf[..1])).await {
+                        got.extend_from_slice(&buf[..n]);
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                let mut got = Vec::new();
                 let closed = tokio::time::timeout(CEILING, async {
                     loop {
                         match c.read(&mut buf).await {
@@ -1205,9 +1215,18 @@ async fn slow_clients(
                 })
                 .await
                 .is_ok();
-                let refused = got.is_empty() || !String::from_utf8_lossy(&got[..got.len().min(64)]).contains(" 200 ");
+                let head = String::from_utf8_lossy(&got[..got.len().min(4096)]).into_owned();
+                let refused = !head.contains(" 200 ");
                 let whole = got.ends_with(b"0\r\n\r\n");
                 let mut t = tally.lock().unwrap();
+                // A refusal is the documented one: no export slot for the key (429) or
+                // none at all (503), with its stable code.
+                let documented = (head.starts_with("HTTP/1.1 429 ") && head.contains("\"rate_limited\""))
+                    || (head.starts_with("HTTP/1.1 503 ") && head.contains("\"overloaded\""));
+                if refused && !documented {
+                    let first = head.lines().next().unwrap_or("nothing").to_string();
+                    t.fail(format!("a slow reader's export was refused without a documented answer: {first}"));
+                }
                 let key = if refused {
                     "slow reader refused"
                 } else if whole {
@@ -1238,6 +1257,18 @@ async fn slow_clients(
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// How many flood connections fit beside everything else the process holds open:
+/// each takes two descriptors (client and server end), plus 300 from one address.
+fn flood_size(wanted: usize) -> usize {
+    let Some(fit) = commcredits_server::limits::connections_that_fit() else { return wanted };
+    let room = (fit / 2).saturating_sub(300 + 500);
+    assert!(room >= 500, "the open-file limit leaves room for only {room} flood connections: raise `ulimit -n`");
+    if room < wanted {
+        println!("flood shrunk from {wanted} to {room} connections to fit the open-file limit");
+    }
+    wanted.min(room)
 }
 
 /// `n` connections at once, spread over client addresses (the per-address bound is 256),

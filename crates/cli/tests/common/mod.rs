@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The PostgreSQL server the tests create their databases on.
 pub fn base_url() -> String {
@@ -67,13 +67,20 @@ impl Server {
     }
 }
 
+/// A test that fails part-way must not leave servers running (on PostgreSQL they would
+/// keep running jobs against a database the test is dropping).
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `serve` on a free port with jobs every second and a 2 s reservation grace.
 pub fn start_server(db: &str) -> Server {
     start_server_with(db, &["--jobs-every", "1", "--reservation-grace", "2"])
 }
 
-// The caller kills and waits for the server it gets back.
-#[allow(clippy::zombie_processes)]
+/// The server is killed and reaped when the returned value is dropped.
 pub fn start_server_with(db: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commcredits"))
         .args(["--db", db, "serve", "--listen", "127.0.0.1:0"])
@@ -82,22 +89,27 @@ pub fn start_server_with(db: &str, extra: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("Listening on http://") {
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
-                    // Keep reading stdout so the server never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in lines {});
-                    return Server { child, addr };
+    // Read stdout on a thread (and keep reading it, so the server never blocks on a
+    // full pipe): a server that hangs before saying where it listens fails the test at
+    // the deadline instead of hanging it.
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in lines.map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("Listening on http://") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
                 }
             }
-            _ => break,
         }
+    });
+    let mut server = Server { child, addr: String::new() };
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => {
+            server.addr = addr;
+            server
+        }
+        Err(_) => panic!("a server did not start within 60 s"),
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("a server did not start");
 }

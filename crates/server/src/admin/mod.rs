@@ -102,7 +102,6 @@ fn html(status: StatusCode, body: String) -> Response {
     r
 }
 
-/// A page for an error, with its stable code (as the API would answer it).
 /// A page's query string; one that does not parse (a parameter given twice, a value of
 /// the wrong kind) is answered with the error page, `422 invalid_input`, like any other
 /// bad input, never the router's bare text.
@@ -122,6 +121,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Que
     }
 }
 
+/// A page for an error, with its stable code (as the API would answer it).
 fn error_page(e: &Error, back: &str) -> Response {
     let e = if matches!(e.code, ErrorCode::Internal | ErrorCode::StoreError) {
         tracing::error!(code = %e.code, "{}", e.message);
