@@ -176,9 +176,32 @@ impl Chunk {
 /// Batches read ahead of the charging thread.
 const READ_AHEAD: usize = 2;
 
+/// A CDR file as the import reads it, before any charging: every row counted, the
+/// good ones parsed and the bad ones with their line and reason.
+#[derive(Clone, Debug, Default)]
+pub struct ParsedCdrs {
+    pub rows: usize,
+    pub records: Vec<CdrRecord>,
+    pub rejected: Vec<RowProblem>,
+}
+
+/// Reads and checks a whole CDR CSV exactly as [`Engine::import_cdrs`] does, without
+/// charging anything: the error is for a file that cannot be read at all (its header).
+pub fn parse_cdrs(org_id: &str, input: impl Read) -> Result<ParsedCdrs> {
+    let mut parsed = ParsedCdrs::default();
+    read_cdrs(org_id, input, |chunk| {
+        parsed.rows += chunk.rows;
+        parsed.records.extend(chunk.records);
+        parsed.rejected.extend(chunk.rejected);
+        true
+    })?;
+    Ok(parsed)
+}
+
 /// Reads and checks the CSV, validating each row's numbers (which warms the shared
-/// number cache, so charging finds them validated), and sends batches to `out`.
-fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Chunk>) -> Result<()> {
+/// number cache, so charging finds them validated), and hands batches to `out`, which
+/// answers false when the taker has stopped.
+fn read_cdrs(org_id: &str, input: impl Read, mut out: impl FnMut(Chunk) -> bool) -> Result<()> {
     let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
     let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
     let got: Vec<&str> = header.iter().collect();
@@ -202,9 +225,7 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
                 line = e.position().map(|p| p.line()).unwrap_or(line + 1);
                 chunk.rows += 1;
                 chunk.rejected.push(RowProblem::new(line, "", ErrorCode::InvalidCdr, &e.to_string()));
-                if chunk.rejected.len() >= IMPORT_BATCH
-                    && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err()
-                {
+                if chunk.rejected.len() >= IMPORT_BATCH && !out(std::mem::replace(&mut chunk, Chunk::new())) {
                     return Ok(());
                 }
                 continue;
@@ -226,7 +247,7 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
         // Rejected rows count towards a chunk too: a file of bad rows is handed over
         // (and reported) a batch at a time, never held whole.
         let full = chunk.records.len() >= IMPORT_BATCH || chunk.rejected.len() >= IMPORT_BATCH;
-        if (full || !more) && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err() {
+        if (full || !more) && !out(std::mem::replace(&mut chunk, Chunk::new())) {
             // The charging side stopped (it failed): its error is the answer.
             return Ok(());
         }
@@ -267,7 +288,7 @@ impl Engine {
     ) -> Result<ImportReport> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD);
-            let reader = scope.spawn(move || read_cdrs(org_id, input, tx));
+            let reader = scope.spawn(move || read_cdrs(org_id, input, |chunk| tx.send(chunk).is_ok()));
             let mut report = ImportReport::default();
             let mut charged = Ok(());
             for chunk in rx.iter() {
