@@ -176,9 +176,74 @@ impl Chunk {
 /// Batches read ahead of the charging thread.
 const READ_AHEAD: usize = 2;
 
+/// A CDR file as the import reads it, before any charging: every row counted, the
+/// good ones parsed and the bad ones with their line and reason.
+#[derive(Clone, Debug, Default)]
+pub struct ParsedCdrs {
+    pub rows: usize,
+    pub records: Vec<CdrRecord>,
+    pub rejected: Vec<RowProblem>,
+}
+
+/// Reads and checks a whole CDR CSV exactly as [`Engine::import_cdrs`] does, without
+/// charging anything: the error is for a file that cannot be read at all (its header).
+pub fn parse_cdrs(org_id: &str, input: impl Read) -> Result<ParsedCdrs> {
+    let mut parsed = ParsedCdrs::default();
+    read_cdrs(org_id, input, |chunk| {
+        parsed.rows += chunk.rows;
+        parsed.records.extend(chunk.records);
+        parsed.rejected.extend(chunk.rejected);
+        true
+    })?;
+    Ok(parsed)
+}
+
+/// The input of a CDR file, noting where each line's first byte other than a line
+/// break is, so a row is reported on the line its text starts on. The CSV reader's own
+/// line numbers are one short after a CRLF line end or a blank line (it counts the
+/// line break before a row as the row's start).
+struct LineCounter<R> {
+    inner: R,
+    offset: u64,
+    line: u64,
+    at_line_start: bool,
+    starts: std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<(u64, u64)>>>,
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut starts = self.starts.borrow_mut();
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.line += 1;
+                self.at_line_start = true;
+            } else if b != b'\r' && self.at_line_start {
+                starts.push_back((self.offset, self.line));
+                self.at_line_start = false;
+            }
+            self.offset += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The line of the first text at or after byte `at` (the reader has read past it), and
+/// forgets the lines before it: rows come in order.
+fn line_at(starts: &std::cell::RefCell<std::collections::VecDeque<(u64, u64)>>, at: u64, fallback: u64) -> u64 {
+    let mut starts = starts.borrow_mut();
+    while starts.front().is_some_and(|&(offset, _)| offset < at) {
+        starts.pop_front();
+    }
+    starts.front().map(|&(_, line)| line).unwrap_or(fallback)
+}
+
 /// Reads and checks the CSV, validating each row's numbers (which warms the shared
-/// number cache, so charging finds them validated), and sends batches to `out`.
-fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Chunk>) -> Result<()> {
+/// number cache, so charging finds them validated), and hands batches to `out`, which
+/// answers false when the taker has stopped.
+fn read_cdrs(org_id: &str, input: impl Read, mut out: impl FnMut(Chunk) -> bool) -> Result<()> {
+    let starts = std::rc::Rc::new(std::cell::RefCell::new(std::collections::VecDeque::new()));
+    let input = LineCounter { inner: input, offset: 0, line: 1, at_line_start: true, starts: starts.clone() };
     let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
     let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
     let got: Vec<&str> = header.iter().collect();
@@ -199,19 +264,17 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
             Err(e) if e.is_io_error() => return Err(err!(ErrorCode::InvalidCdr, "cannot read the file: {e}")),
             Err(e) => {
                 // A broken row (bad quoting, invalid UTF-8) is reported and skipped.
-                line = e.position().map(|p| p.line()).unwrap_or(line + 1);
+                line = e.position().map(|p| line_at(&starts, p.byte(), p.line())).unwrap_or(line + 1);
                 chunk.rows += 1;
                 chunk.rejected.push(RowProblem::new(line, "", ErrorCode::InvalidCdr, &e.to_string()));
-                if chunk.rejected.len() >= IMPORT_BATCH
-                    && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err()
-                {
+                if chunk.rejected.len() >= IMPORT_BATCH && !out(std::mem::replace(&mut chunk, Chunk::new())) {
                     return Ok(());
                 }
                 continue;
             }
         };
         if more {
-            line = record.position().map(|p| p.line()).unwrap_or(line + 1);
+            line = record.position().map(|p| line_at(&starts, p.byte(), p.line())).unwrap_or(line + 1);
             chunk.rows += 1;
             match parse_record(org_id, &record, line) {
                 Ok(r) => {
@@ -226,7 +289,7 @@ fn read_cdrs(org_id: &str, input: impl Read, out: std::sync::mpsc::SyncSender<Ch
         // Rejected rows count towards a chunk too: a file of bad rows is handed over
         // (and reported) a batch at a time, never held whole.
         let full = chunk.records.len() >= IMPORT_BATCH || chunk.rejected.len() >= IMPORT_BATCH;
-        if (full || !more) && out.send(std::mem::replace(&mut chunk, Chunk::new())).is_err() {
+        if (full || !more) && !out(std::mem::replace(&mut chunk, Chunk::new())) {
             // The charging side stopped (it failed): its error is the answer.
             return Ok(());
         }
@@ -267,7 +330,7 @@ impl Engine {
     ) -> Result<ImportReport> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD);
-            let reader = scope.spawn(move || read_cdrs(org_id, input, tx));
+            let reader = scope.spawn(move || read_cdrs(org_id, input, |chunk| tx.send(chunk).is_ok()));
             let mut report = ImportReport::default();
             let mut charged = Ok(());
             for chunk in rx.iter() {

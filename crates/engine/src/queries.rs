@@ -76,10 +76,8 @@ impl Engine {
 
     /// One page of the ledger after `cursor` (the `next_cursor` of the previous page).
     pub fn ledger(&self, org_id: &str, cursor: Option<&str>, limit: usize) -> Result<LedgerPage> {
-        let after: i64 = match cursor {
-            Some(c) => {
-                c.parse().map_err(|_| err!(ErrorCode::InvalidInput, "cursor '{c}' is not one this API returned"))?
-            }
+        let after = match cursor {
+            Some(c) => parse_ledger_cursor(c)?,
             None => 0,
         };
         if limit == 0 || limit > MAX_PAGE {
@@ -91,7 +89,7 @@ impl Engine {
             let more = rows.len() > limit;
             let entries: Vec<LedgerEntryView> =
                 rows.iter().take(limit).map(|e| LedgerEntryView::new(e, &o.currency)).collect();
-            let next_cursor = if more { entries.last().map(|e| e.seq.to_string()) } else { None };
+            let next_cursor = if more { entries.last().map(|e| ledger_cursor(e.seq)) } else { None };
             Ok(LedgerPage { entries, next_cursor })
         })
     }
@@ -183,4 +181,14 @@ impl Engine {
     pub fn rate(&self, req: &AuthorizeRequest, now: Timestamp) -> Result<AuthorizeView> {
         quote(self, &req.org, req, now)
     }
+}
+
+/// The ledger cursor after the entry numbered `seq`: the `next_cursor` of a page.
+pub fn ledger_cursor(seq: i64) -> String {
+    seq.to_string()
+}
+
+/// The entry number a ledger cursor stands for ([`ledger_cursor`] read back).
+pub fn parse_ledger_cursor(cursor: &str) -> Result<i64> {
+    cursor.parse().map_err(|_| err!(ErrorCode::InvalidInput, "cursor '{cursor}' is not one this API returned"))
 }

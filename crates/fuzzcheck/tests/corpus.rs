@@ -43,3 +43,13 @@ fn period() {
 fn rate_deck() {
     replay("rate_deck", commcredits_fuzzcheck::rate_deck);
 }
+
+#[test]
+fn cdr_file() {
+    replay("cdr_file", commcredits_fuzzcheck::cdr_file);
+}
+
+#[test]
+fn page_cursor() {
+    replay("page_cursor", commcredits_fuzzcheck::page_cursor);
+}
