@@ -207,6 +207,7 @@ struct LineCounter<R> {
     offset: u64,
     line: u64,
     at_line_start: bool,
+    after_cr: bool,
     starts: std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<(u64, u64)>>>,
 }
 
@@ -215,12 +216,21 @@ impl<R: Read> Read for LineCounter<R> {
         let n = self.inner.read(buf)?;
         let mut starts = self.starts.borrow_mut();
         for &b in &buf[..n] {
-            if b == b'\n' {
-                self.line += 1;
-                self.at_line_start = true;
-            } else if b != b'\r' && self.at_line_start {
-                starts.push_back((self.offset, self.line));
-                self.at_line_start = false;
+            match b {
+                // CRLF, LF and a lone CR each end a line, as the CSV reader takes them.
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    self.line += 1;
+                    self.at_line_start = true;
+                    self.after_cr = b == b'\r';
+                }
+                _ => {
+                    self.after_cr = false;
+                    if self.at_line_start {
+                        starts.push_back((self.offset, self.line));
+                        self.at_line_start = false;
+                    }
+                }
             }
             self.offset += 1;
         }
@@ -243,7 +253,7 @@ fn line_at(starts: &std::cell::RefCell<std::collections::VecDeque<(u64, u64)>>, 
 /// answers false when the taker has stopped.
 fn read_cdrs(org_id: &str, input: impl Read, mut out: impl FnMut(Chunk) -> bool) -> Result<()> {
     let starts = std::rc::Rc::new(std::cell::RefCell::new(std::collections::VecDeque::new()));
-    let input = LineCounter { inner: input, offset: 0, line: 1, at_line_start: true, starts: starts.clone() };
+    let input = LineCounter { inner: input, offset: 0, line: 1, at_line_start: true, after_cr: false, starts: starts.clone() };
     let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
     let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
     let got: Vec<&str> = header.iter().collect();

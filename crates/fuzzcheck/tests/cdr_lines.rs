@@ -19,6 +19,14 @@ fn lf_and_crlf_files_report_the_same_lines() {
 }
 
 #[test]
+fn a_lone_carriage_return_ends_a_line_as_the_csv_reader_takes_it() {
+    let lf = format!("{HEADER}\n{GOOD}\nbad\n{GOOD}\n");
+    assert_eq!(lines(&lf.replace('\n', "\r")), (vec![2, 4], vec![3]));
+    let mixed = format!("{HEADER}\r{GOOD}\r\n\rbad\n{GOOD}");
+    assert_eq!(lines(&mixed), (vec![2, 5], vec![4]));
+}
+
+#[test]
 fn blank_lines_and_quoted_line_breaks_are_counted() {
     let file = format!("{HEADER}\n\n{GOOD}\n\n\nbad\n\"q\nq\",x\n{GOOD}");
     assert_eq!(lines(&file), (vec![3, 9], vec![6, 7]));
