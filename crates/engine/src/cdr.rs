@@ -253,7 +253,8 @@ fn line_at(starts: &std::cell::RefCell<std::collections::VecDeque<(u64, u64)>>, 
 /// answers false when the taker has stopped.
 fn read_cdrs(org_id: &str, input: impl Read, mut out: impl FnMut(Chunk) -> bool) -> Result<()> {
     let starts = std::rc::Rc::new(std::cell::RefCell::new(std::collections::VecDeque::new()));
-    let input = LineCounter { inner: input, offset: 0, line: 1, at_line_start: true, after_cr: false, starts: starts.clone() };
+    let input =
+        LineCounter { inner: input, offset: 0, line: 1, at_line_start: true, after_cr: false, starts: starts.clone() };
     let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
     let header = rdr.headers().map_err(|e| err!(ErrorCode::InvalidCdr, "unreadable header: {e}"))?.clone();
     let got: Vec<&str> = header.iter().collect();

@@ -4,6 +4,8 @@
 //! The fuzz targets in `fuzz/` call these, and `tests/corpus.rs` replays every saved
 //! input through them, so a crash once found stays fixed.
 
+pub mod http;
+
 use commcredits_core::catalog::{DeckKind, RateDeck};
 use commcredits_core::money::Currency;
 use commcredits_core::period::parse_period_time;

@@ -53,3 +53,13 @@ fn cdr_file() {
 fn page_cursor() {
     replay("page_cursor", commcredits_fuzzcheck::page_cursor);
 }
+
+#[test]
+fn call_control() {
+    replay("call_control", commcredits_fuzzcheck::http::call_control);
+}
+
+#[test]
+fn admin_form() {
+    replay("admin_form", commcredits_fuzzcheck::http::admin_form);
+}
