@@ -1,6 +1,6 @@
 //! Crash harness through the real binary: `commcredits serve` under concurrent call
 //! control, purchases and a CDR upload, killed with SIGKILL at a random moment and
-//! restarted on the same database. Every acknowledged (2xx) authorize, end, purchase
+//! restarted on the same database. Every acknowledged (2xx) authorize, update, end, purchase
 //! and upload is kept in memory and checked against the stored state after the restart: nothing
 //! acknowledged is lost or changed, no call or purchase is booked twice, one
 //! recharge per threshold crossing, open reservations settle once, and the books
@@ -45,6 +45,9 @@ fn cycles() -> usize {
 struct Acks {
     /// Call id → the charge its acknowledged `end` answered (None: authorized only).
     calls: HashMap<String, Option<i64>>,
+    /// Call id → the used seconds of its acknowledged `update`: the call is charged for
+    /// at least that long, whether its `end` came or the timeout settled it.
+    updates: HashMap<String, u32>,
     authorizes: usize,
     ends: usize,
     /// Idempotency key → (order id, body sent).
@@ -240,7 +243,7 @@ fn run(name: &str, db: &str, servers: usize) {
                         }
                         let used = rng.random_range(1..=CALL_SECONDS);
                         let update = json!({"org_id": s.org, "used_seconds": used, "requested_seconds": CALL_SECONDS});
-                        let _ = send(
+                        if let Some((200, u)) = send(
                             &addrs,
                             &alive,
                             first + 1,
@@ -249,7 +252,11 @@ fn run(name: &str, db: &str, servers: usize) {
                             None,
                             json,
                             &update.to_string(),
-                        );
+                        ) {
+                            // The usage the server recorded (within the call's grant).
+                            let recorded = u["used_seconds"].as_u64().unwrap() as u32;
+                            shared.lock().unwrap().updates.insert(id.clone(), recorded);
+                        }
                         let end =
                             json!({"org_id": s.org, "duration_seconds": rng.random_range(used..=CALL_SECONDS + 2)});
                         if let Some((200, e)) = send(
@@ -401,6 +408,7 @@ fn run(name: &str, db: &str, servers: usize) {
         acks.ends += cycle_acks.ends;
         acks.imports += cycle_acks.imports;
         acks.purchases.extend(cycle_acks.purchases);
+        acks.updates.extend(cycle_acks.updates);
         acks.calls.extend(calls);
         summary.cycles += 1;
         check(name, &engine, &s, &acks, cycles_done_ids(cycle), &mut summary);
@@ -414,10 +422,11 @@ fn run(name: &str, db: &str, servers: usize) {
         .len();
     let recharges = engine.orders(&s.org).unwrap().iter().filter(|o| o.kind == "auto_recharge").count();
     eprintln!(
-        "[{name}] SUMMARY seed={seed} servers={servers} cycles={} acknowledged: ends={} authorizes={} purchases={} imports={} | cdrs={total_cdrs} recharges={recharges} | lost={} double_charges={} identity_failures={}",
+        "[{name}] SUMMARY seed={seed} servers={servers} cycles={} acknowledged: ends={} authorizes={} updates={} purchases={} imports={} | cdrs={total_cdrs} recharges={recharges} | lost={} double_charges={} identity_failures={}",
         summary.cycles,
         acks.ends,
         acks.authorizes,
+        acks.updates.len(),
         acks.purchases.len(),
         acks.imports,
         summary.lost,
@@ -441,10 +450,21 @@ fn check(name: &str, engine: &Engine, s: &Setup, acks: &Acks, imported: Vec<Stri
     let cdrs =
         engine.cdrs(&s.org, "2000-01-01T00:00:00Z".parse().unwrap(), "2100-01-01T00:00:00Z".parse().unwrap()).unwrap();
     let mut cdr_count: HashMap<&str, (usize, i64)> = HashMap::new();
+    let mut duration: HashMap<&str, i64> = HashMap::new();
     for c in &cdrs {
         let e = cdr_count.entry(c.call_id.as_str()).or_default();
         e.0 += 1;
         e.1 = c.charge_minor;
+        duration.insert(c.call_id.as_str(), c.duration_seconds);
+    }
+    // An acknowledged update's usage is never forgotten: the call lasted at least that.
+    for (id, used) in &acks.updates {
+        if let Some(&d) = duration.get(id.as_str()) {
+            if d < i64::from(*used) {
+                eprintln!("[{name}] LOST: call {id} acknowledged {used} s used, its CDR says {d} s");
+                summary.lost += 1;
+            }
+        }
     }
     // Every acknowledged authorize has exactly one CDR; an acknowledged end its charge.
     for (id, charge) in &acks.calls {
