@@ -71,6 +71,29 @@ struct OutsideCounts {
     hook_lost_ok: u64,
 }
 
+impl std::ops::AddAssign<&OutsideCounts> for OutsideCounts {
+    fn add_assign(&mut self, o: &OutsideCounts) {
+        let OutsideCounts {
+            declines,
+            gateway_errors,
+            lost_answers,
+            delays,
+            mail_failed,
+            mail_lost_ok,
+            hook_failed,
+            hook_lost_ok,
+        } = o;
+        self.declines += declines;
+        self.gateway_errors += gateway_errors;
+        self.lost_answers += lost_answers;
+        self.delays += delays;
+        self.mail_failed += mail_failed;
+        self.mail_lost_ok += mail_lost_ok;
+        self.hook_failed += hook_failed;
+        self.hook_lost_ok += hook_lost_ok;
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // The payment gateway: keeps its own record of the money it took, per order id, and is
 // idempotent on the order id like a real gateway.
@@ -293,23 +316,8 @@ impl Totals {
         self.calls_settled += other.calls_settled;
         self.orders += other.orders;
         self.notices += other.notices;
-        let (s, o) = (&mut self.store, &other.store);
-        s.write_statement += o.write_statement;
-        s.read_statement += o.read_statement;
-        s.commit_error += o.commit_error;
-        s.commit_unknown += o.commit_unknown;
-        s.retry_partway += o.retry_partway;
-        s.retry_at_commit += o.retry_at_commit;
-        s.committed += o.committed;
-        let (s, o) = (&mut self.outside, &other.outside);
-        s.declines += o.declines;
-        s.gateway_errors += o.gateway_errors;
-        s.lost_answers += o.lost_answers;
-        s.delays += o.delays;
-        s.mail_failed += o.mail_failed;
-        s.mail_lost_ok += o.mail_lost_ok;
-        s.hook_failed += o.hook_failed;
-        s.hook_lost_ok += o.hook_lost_ok;
+        self.store += &other.store;
+        self.outside += &other.outside;
     }
 }
 

@@ -42,6 +42,27 @@ pub struct FaultCounts {
     pub committed: u64,
 }
 
+impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
+    fn add_assign(&mut self, o: &FaultCounts) {
+        let FaultCounts {
+            write_statement,
+            read_statement,
+            commit_error,
+            commit_unknown,
+            retry_partway,
+            retry_at_commit,
+            committed,
+        } = o;
+        self.write_statement += write_statement;
+        self.read_statement += read_statement;
+        self.commit_error += commit_error;
+        self.commit_unknown += commit_unknown;
+        self.retry_partway += retry_partway;
+        self.retry_at_commit += retry_at_commit;
+        self.committed += committed;
+    }
+}
+
 /// The seeded source of faults, shared by a store and its transactions.
 pub struct FaultPlan {
     state: Mutex<PlanState>,
